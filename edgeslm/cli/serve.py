@@ -1,0 +1,68 @@
+"""`edgeslm serve`: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeslm.errors import ConfigError
+
+
+def models_from_flags(specs: Sequence[str], runtime: str) -> list[Any]:
+    """`--model [NAME=]PATH` entries as model configs (name defaults to the folder or file stem)."""
+    from edgeslm.config import ModelConfig
+
+    models = []
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+        path_obj = Path(path).expanduser()
+        if not path_obj.exists():
+            raise ConfigError(f"--model {spec}: {path_obj} does not exist; give a model folder or a .onnx/.tflite file")
+        stem = path_obj.name if path_obj.is_dir() else path_obj.stem
+        models.append(ModelConfig(name=name or stem, path=path_obj.resolve(), runtime=runtime))
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeslm.config import load_config
+    from edgeslm.server.daemon import serve
+
+    config = load_config(args.config)
+    updates: dict[str, Any] = {}
+    if args.socket is not None:
+        updates["server"] = config.server.model_copy(update={"socket_path": args.socket})
+    if args.model:
+        updates["models"] = models_from_flags(args.model, args.runtime)
+    if updates:
+        config = config.model_copy(update=updates)
+    logging.getLogger().setLevel((args.log_level or config.server.log_level).upper())
+    return serve(config)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from edgeslm.cli import FORMATTER
+
+    serve = sub.add_parser(
+        "serve", help="run the daemon in the foreground", formatter_class=FORMATTER,
+        description="Load the configured models and answer on the Unix socket until Ctrl-C or SIGTERM,\n"
+                    "which finish in-flight requests, close the models and remove the socket file.\n"
+                    "A bad config exits with status 78; a model that fails to load is reported in /ready\n"
+                    "and the others still serve.",
+        epilog="examples:\n"
+               "  edgeslm serve\n"
+               "  edgeslm serve --socket /tmp/edgeslm.sock\n"
+               "  edgeslm serve --model models/intents --model fast=models/intents/model.tflite\n"
+               "  edgeslm serve --config /etc/edgeslm/edgeslm.toml",
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML config (default /etc/edgeslm/edgeslm.toml if it exists, else built-in defaults)")
+    serve.add_argument("--socket", type=Path, metavar="PATH", help="listen here instead of server.socket_path")
+    serve.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                       help="serve this model folder or file instead of the config's models (repeatable)")
+    serve.add_argument("--runtime", choices=["auto", "onnx", "tflite"], default="auto",
+                       help="runtime for --model entries (default: by extension)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override server.log_level")
+    serve.set_defaults(func=cmd_serve)

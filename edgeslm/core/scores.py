@@ -1,0 +1,49 @@
+"""Turning model outputs into answers: softmax, top-k, pooling, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32, stable for large logits. [..., K] -> [..., K]."""
+    shifted = np.subtract(logits, logits.max(axis=-1, keepdims=True), dtype=np.float32)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
+    return shifted
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest scores per row, best first. [n, K] -> ([n, k], [n, k])."""
+    k = min(k, scores.shape[-1])
+    if scores.shape[-1] > 1024:
+        # Wide rows (vocabularies): partition first, then sort only the k winners.
+        part = np.argpartition(scores, -k, axis=-1)[:, -k:]
+        rows = np.arange(scores.shape[0])[:, None]
+        order = part[rows, np.argsort(-scores[rows, part], axis=-1, kind="stable")]
+    else:
+        order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    return order, scores[np.arange(scores.shape[0])[:, None], order]
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token vectors over positions where mask is 1. [n, L, H], [n, L] -> [n, H] float32."""
+    length = min(hidden.shape[1], mask.shape[1])
+    weights = mask[:, :length].astype(np.float32)
+    summed = np.einsum("nlh,nl->nh", hidden[:, :length].astype(np.float32, copy=False), weights)
+    counts = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+    return summed / counts
+
+
+def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Scale each row to unit length (zero rows stay zero). [n, H] -> [n, H]."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, eps)
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows, flattening everything after axis 0. -> [n]."""
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    denom = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return (a * b).sum(axis=1) / denom

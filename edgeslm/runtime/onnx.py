@@ -1,0 +1,94 @@
+"""Engine over an onnxruntime InferenceSession."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeslm.errors import ModelLoadError, RuntimeMissingError
+from edgeslm.runtime.base import Engine, EngineOptions, TensorSpec
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+    raise RuntimeMissingError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
+
+_ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    if arg.type not in _ONNX_DTYPES:
+        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which edgeslm does not handle")
+    # Symbolic dims ('batch', 'seq') and unknown dims are dynamic.
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or ()))
+    return TensorSpec(arg.name, np.dtype(_ONNX_DTYPES[arg.type]), shape)
+
+
+class OnnxEngine(Engine):
+    """Runs a .onnx file with the configured threads, optimisation level and providers."""
+
+    runtime = "onnx"
+
+    def __init__(self, path: Path, options: EngineOptions):
+        super().__init__(path, options)
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.graph_optimization_level = _LEVELS[options.graph_optimization]
+        session_options.log_severity_level = 3
+        # Spinning workers make a 2-4 core board starve the event loop between runs.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+        for key, value in options.extra.items():
+            session_options.add_session_config_entry(str(key), str(value))
+        available = ort.get_available_providers()
+        unknown = [p for p in options.providers if p not in available]
+        if unknown:
+            raise ModelLoadError(
+                f"execution provider(s) {', '.join(unknown)} are not in this onnxruntime build; "
+                f"available: {', '.join(available)}"
+            )
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=list(options.providers)
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line}") from exc
+        self.inputs = tuple(_spec(arg) for arg in self._session.get_inputs())
+        self.outputs = tuple(_spec(arg) for arg in self._session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, values))
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "runtime_version": f"onnxruntime {ort.__version__}",
+            "providers": list(self.options.providers),
+            "threads": self.options.threads,
+        }

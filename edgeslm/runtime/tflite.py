@@ -1,0 +1,221 @@
+"""Engine over a LiteRT (ai-edge-litert) or tflite-runtime interpreter, for dynamic and fixed-bucket models."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edgeslm.errors import BadInputError, ModelLoadError, RuntimeMissingError
+from edgeslm.runtime.base import Engine, EngineOptions, TensorSpec
+
+_BUCKET_KEY = re.compile(r"^b(\d+)_s(\d+)$")
+_T = TypeVar("_T")
+
+
+def load_interpreter_class() -> tuple[type, str]:
+    """The Interpreter class of the first TFLite runtime that imports, and its name and version."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, f"ai-edge-litert {metadata.version('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+
+        return Interpreter, f"tflite-runtime {metadata.version('tflite-runtime')}"
+    except ImportError:
+        raise RuntimeMissingError(
+            "no TFLite runtime is installed: pip install 'edgeslm[tflite]' (ai-edge-litert), "
+            "or tflite-runtime on boards LiteRT does not support"
+        ) from None
+
+
+def _dims(signature: Any) -> tuple[int | None, ...]:
+    return tuple(None if int(d) < 0 else int(d) for d in signature)
+
+
+class TFLiteEngine(Engine):
+    """Runs a .tflite file. Every interpreter call happens on one owner thread.
+
+    Dynamic models keep one allocated interpreter per input shape (LRU,
+    `max_cached_shapes`), so alternating batch shapes do not reallocate.
+    Fixed-shape models with one signature per bucket (`b8_s16`...) are served by
+    padding each batch to the smallest bucket that fits; the bucket sizes are
+    published as `batch_buckets` / `seq_buckets`.
+    """
+
+    runtime = "tflite"
+    max_cached_shapes = 8
+
+    def __init__(self, path: Path, options: EngineOptions):
+        super().__init__(path, options)
+        self._interpreter_class, self.runtime_impl = load_interpreter_class()
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tflite-{Path(path).stem}")
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._buckets: dict[tuple[int, int], Any] = {}
+        self._spare: Any = None
+        self._interpreter: Any = None
+        try:
+            self._on_owner(self._load)
+        except ModelLoadError:
+            self._owner.shutdown(wait=False)
+            raise
+
+    def _on_owner(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return self._owner.submit(fn, *args).result()
+
+    def _new_interpreter(self) -> Any:
+        threads = self.options.threads or None
+        try:
+            return self._interpreter_class(model_path=str(self.path), num_threads=threads)
+        except (ValueError, RuntimeError, OSError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{self.runtime_impl} cannot load {self.path.name}: {first_line}") from exc
+
+    def _load(self) -> None:
+        interpreter = self._new_interpreter()
+        signatures = interpreter.get_signature_list()
+        keys = [key for key in signatures if _BUCKET_KEY.match(key)]
+        if signatures and len(keys) == len(signatures):
+            self._load_buckets(interpreter, keys)
+        else:
+            self._load_dynamic(interpreter, signatures)
+
+    def _load_buckets(self, interpreter: Any, keys: list[str]) -> None:
+        for key in keys:
+            match = _BUCKET_KEY.match(key)
+            assert match is not None
+            self._buckets[(int(match[1]), int(match[2]))] = interpreter.get_signature_runner(key)
+        self.batch_buckets = tuple(sorted({b for b, _ in self._buckets}))
+        self.seq_buckets = tuple(sorted({s for _, s in self._buckets}))
+        runner = self._buckets[max(self._buckets)]
+        self._input_names = tuple(runner.get_input_details())
+        self.inputs = tuple(
+            TensorSpec(name, np.dtype(d["dtype"]), (None, None, *_dims(d["shape"][2:])))
+            for name, d in runner.get_input_details().items()
+        )
+        outputs = {}
+        for name, d in runner.get_output_details().items():
+            dims = (None, *_dims(d["shape"][1:]))
+            # dim 1 is a sequence dim when it follows the bucket's seq length in every bucket.
+            if len(dims) >= 2 and all(
+                r.get_output_details()[name]["shape"][1] == s for (_, s), r in self._buckets.items()
+            ):
+                dims = (None, None, *dims[2:])
+            outputs[name] = TensorSpec(name, np.dtype(d["dtype"]), dims)
+        self.outputs = tuple(outputs.values())
+        self._interpreter = interpreter
+        self.mode = "buckets"
+
+    def _load_dynamic(self, interpreter: Any, signatures: Mapping[str, Any]) -> None:
+        if len(signatures) == 1:
+            runner = interpreter.get_signature_runner(next(iter(signatures)))
+            inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        else:
+            inputs = {d["name"]: d for d in interpreter.get_input_details()}
+            outputs = {d["name"]: d for d in interpreter.get_output_details()}
+        self._input_index = {name: d["index"] for name, d in inputs.items()}
+        self._output_index = {name: d["index"] for name, d in outputs.items()}
+        self.inputs = tuple(
+            TensorSpec(name, np.dtype(d["dtype"]), _dims(d["shape_signature"])) for name, d in inputs.items()
+        )
+        self.outputs = tuple(
+            TensorSpec(name, np.dtype(d["dtype"]), _dims(d["shape_signature"])) for name, d in outputs.items()
+        )
+        self._spare = interpreter
+        self.mode = "dynamic"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.mode == "buckets":
+            return self._on_owner(self._run_bucket, feeds)
+        return self._on_owner(self._run_dynamic, feeds)
+
+    def _interpreter_for(self, shapes: tuple) -> Any:
+        interpreter = self._cache.get(shapes)
+        if interpreter is not None:
+            self._cache.move_to_end(shapes)
+            return interpreter
+        if self._spare is not None:
+            interpreter, self._spare = self._spare, None
+        elif len(self._cache) >= self.max_cached_shapes:
+            interpreter = self._cache.popitem(last=False)[1]
+        else:
+            interpreter = self._new_interpreter()
+        for name, shape in zip(self._input_index, shapes):
+            interpreter.resize_tensor_input(self._input_index[name], list(shape), strict=False)
+        interpreter.allocate_tensors()
+        self._cache[shapes] = interpreter
+        return interpreter
+
+    def _run_dynamic(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interpreter = self._interpreter_for(tuple(feeds[name].shape for name in self._input_index))
+        for name, index in self._input_index.items():
+            interpreter.set_tensor(index, feeds[name])
+        interpreter.invoke()
+        return {name: interpreter.get_tensor(index) for name, index in self._output_index.items()}
+
+    def _bucket_for(self, rows: int, seq: int) -> tuple[int, int]:
+        fitting = [(b * s, b, s) for b, s in self._buckets if b >= rows and s >= seq]
+        if not fitting:
+            raise BadInputError(
+                f"a batch of {rows} x {seq} fits no bucket of {self.path.name}; "
+                f"largest batch {max(self.batch_buckets or (0,))}, longest sequence {max(self.seq_buckets or (0,))}"
+            )
+        _, b, s = min(fitting)
+        return b, s
+
+    def _run_bucket(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = feeds[self._input_names[0]]
+        rows, seq = first.shape[0], (first.shape[1] if first.ndim > 1 else 1)
+        b, s = self._bucket_for(rows, seq)
+        padded = {}
+        for name in self._input_names:
+            array = feeds[name]
+            if array.shape[0] == b and (array.ndim < 2 or array.shape[1] == s):
+                padded[name] = array
+                continue
+            # Zero rows and zero positions: pad id 0 with mask 0 leaves real rows unchanged.
+            full = np.zeros((b, s, *array.shape[2:]), dtype=array.dtype)
+            full[:rows, :seq] = array
+            padded[name] = full
+        results = self._buckets[(b, s)](**padded)
+        out = {}
+        for name, value in results.items():
+            value = value[:rows]
+            if value.ndim >= 2 and value.shape[1] == s != seq:
+                value = value[:, :seq]
+            out[name] = value
+        return out
+
+    @property
+    def cached_shapes(self) -> list[tuple]:
+        """Input shapes that currently hold an allocated interpreter (dynamic mode), oldest first."""
+        return list(self._cache)
+
+    def close(self) -> None:
+        if getattr(self, "_owner", None) is None:
+            return
+        self._on_owner(self._release)
+        self._owner.shutdown(wait=True)
+        self._owner = None  # type: ignore[assignment]
+
+    def _release(self) -> None:
+        self._cache.clear()
+        self._buckets.clear()
+        self._spare = None
+        self._interpreter = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"runtime": self.runtime, "runtime_version": self.runtime_impl, "mode": self.mode}
+        info["threads"] = self.options.threads
+        if self.mode == "buckets":
+            info["buckets"] = [f"b{b}_s{s}" for b, s in sorted(self._buckets)]
+        return info

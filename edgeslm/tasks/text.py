@@ -1,0 +1,102 @@
+"""Text to token tensors with the HF `tokenizers` library, resolved once per model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edgeslm.core.tensors import pad_rows
+from edgeslm.errors import BadInputError, ModelLoadError
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A request's texts as model feeds. feeds: name -> [n, L]; mask: [n, L] int; lengths, truncated: [n]."""
+
+    feeds: dict[str, np.ndarray]
+    mask: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+class TextEncoder:
+    """Tokenises texts into padded id / mask / type-id arrays of the dtypes the engine expects."""
+
+    def __init__(self, tokenizer_path: Path, *, max_len: int, pad_id: int, model_name: str,
+                 ids_name: str, dtypes: Mapping[str, np.dtype],
+                 mask_name: str | None = None, type_ids_name: str | None = None):
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
+            raise ModelLoadError(f"cannot read tokenizer {tokenizer_path}: {exc}") from None
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_len)
+        self._path = tokenizer_path
+        self.max_len = max_len
+        self.pad_id = pad_id
+        self.model_name = model_name
+        self.ids_name, self.mask_name, self.type_ids_name = ids_name, mask_name, type_ids_name
+        self._dtypes = dict(dtypes)
+        self._positions = np.arange(max_len)[None, :]
+        for name in (ids_name, mask_name, type_ids_name):
+            if name is not None and name not in self._dtypes:
+                raise ModelLoadError(
+                    f"model card names input {name!r}, but the model's inputs are {', '.join(self._dtypes)}"
+                )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def _full_length(self, text: str) -> int:
+        untruncated = Tokenizer.from_file(str(self._path))
+        untruncated.no_truncation()
+        return len(untruncated.encode(text).ids)
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = True, param: str = "input") -> Encoded:
+        """Encode texts; too-long ones are cut to `max_len` and flagged, or refused when truncate is False."""
+        encodings = (
+            [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(list(texts))
+        )
+        rows = []
+        flags = []
+        for i, enc in enumerate(encodings):
+            ids = enc.ids
+            if not ids:
+                raise BadInputError(f"{param}[{i}] has no tokens (empty or only spaces); send some text",
+                                    param=f"{param}[{i}]")
+            cut = bool(enc.overflowing)
+            if cut and not truncate:
+                raise BadInputError(
+                    f"{param}[{i}] is {self._full_length(texts[i])} tokens; model {self.model_name!r} takes "
+                    f"at most {self.max_len}: shorten it or send \"truncate\": true",
+                    param=f"{param}[{i}]",
+                )
+            flags.append(cut)
+            rows.append(ids)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        if len(rows) == 1:
+            ids = np.array(rows, dtype=self._dtypes[self.ids_name])
+            mask = np.ones(ids.shape, dtype=np.int64)
+        else:
+            ids = pad_rows(rows, self.pad_id, self._dtypes[self.ids_name])
+            mask = (self._positions[:, : ids.shape[1]] < lengths[:, None]).astype(np.int64)
+        feeds = {self.ids_name: ids}
+        if self.mask_name is not None:
+            feeds[self.mask_name] = mask.astype(self._dtypes[self.mask_name], copy=False)
+        if self.type_ids_name is not None:
+            feeds[self.type_ids_name] = np.zeros(ids.shape, dtype=self._dtypes[self.type_ids_name])
+        truncated = np.array(flags, dtype=bool)
+        return Encoded(feeds, mask, lengths, truncated)

@@ -1,0 +1,225 @@
+"""The real daemon on a real socket: curl, httpx and the CLI against the committed models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import INTENTS, Daemon, curl_available
+
+pytestmark = pytest.mark.integration
+PHRASE = "turn on the kitchen light"
+
+
+@pytest.mark.skipif(not curl_available(), reason="curl is not installed")
+def test_curl_classify_as_in_the_readme(daemon):
+    out = subprocess.run(
+        ["curl", "-sS", "--unix-socket", str(daemon.socket), "http://localhost/v1/classify",
+         "-d", json.dumps({"model": "intents", "input": [PHRASE]})],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    body = json.loads(out)
+    assert body["data"][0]["label"] == "lights_on", body
+    assert 0.5 < body["data"][0]["score"] <= 1.0
+
+
+def test_every_format_gives_the_same_labels(daemon):
+    texts = [PHRASE, "what time is it", "turn the volume down a bit", "set a timer for ten minutes",
+             "please stop", "switch off the bedroom lamp"]
+    with daemon.client() as client:
+        labels = {}
+        for model in ("intents", "intents-tflite", "intents-buckets"):
+            r = client.post("/v1/classify", json={"model": model, "input": texts})
+            assert r.status_code == 200, r.text
+            labels[model] = [d["label"] for d in r.json()["data"]]
+    assert labels["intents"] == labels["intents-tflite"] == labels["intents-buckets"]
+    assert labels["intents"][:2] == ["lights_on", "what_time"]
+
+
+def test_ready_names_the_broken_models_and_the_rest_serve(daemon):
+    with daemon.client() as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        models = ready.json()["models"]
+        assert models["intents"]["state"] == "ready"
+        assert models["missing"]["state"] == "failed" and "holds no model.onnx" in models["missing"]["error"]
+        assert models["corrupt"]["state"] == "failed" and "cannot load" in models["corrupt"]["error"]
+        r = client.post("/v1/classify", json={"model": "corrupt", "input": ["x"]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+
+
+def test_models_lists_runtime_quantization_and_size(daemon):
+    with daemon.client() as client:
+        data = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert data["intents"]["runtime"] == "onnx" and "int8" in data["intents"]["quantization"]
+    assert data["intents-tflite"]["runtime"] == "tflite" and data["intents-tflite"]["mode"] == "dynamic"
+    assert data["intents-buckets"]["mode"] == "buckets" and "b32_s32" in data["intents-buckets"]["buckets"]
+    assert data["intents"]["selfcheck"]["passed"] is True
+    assert 0 < data["intents"]["file_size_bytes"] < 5_000_000
+
+
+def test_socket_is_created_with_mode_0660(daemon):
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o660
+
+
+def test_cli_classify_and_models(daemon):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "edgeslm", *a, "--socket", str(daemon.socket)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60, env=env)
+    classified = run("classify", PHRASE)
+    assert classified.returncode == 0, classified.stderr
+    assert classified.stdout.split()[0] == "lights_on"
+    listed = run("models")
+    assert listed.returncode == 0 and "intents-buckets" in listed.stdout and "FAILED" not in listed.stdout
+    as_json = json.loads(run("classify", "--json", PHRASE, "what time is it").stdout)
+    assert [d["label"] for d in as_json["data"]] == ["lights_on", "what_time"]
+    embedded = json.loads(run("embed", "--json", "--model", "intents", PHRASE).stdout)
+    assert len(embedded["data"][0]["embedding"]) > 8
+
+
+def test_cli_reports_a_missing_daemon_clearly(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgeslm", "models", "--socket", str(tmp_path / "none.sock")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69
+    assert "edgeslm serve" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_inputs_never_500_and_the_daemon_keeps_serving(daemon):
+    bodies = [b"{not json", b'{"input": 3}', b'{"input": []}', b'{"input": ["a"], "top_k": 0}',
+              json.dumps({"input": ["x"] * 65}).encode(), b'{"model": "ghost", "input": ["a"]}',
+              json.dumps({"input": ["word " * 400], "truncate": False}).encode(), b"\xff\xfe", b"[]", b"null"]
+    with daemon.client() as client:
+        for body in bodies:
+            r = client.post("/v1/classify", content=body)
+            assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+            assert r.json()["error"]["message"]
+        huge = client.post("/v1/classify", content=b"x" * (2 << 20))
+        assert huge.status_code == 413
+        wrong_tensor = client.post("/v2/models/intents/infer", json={"inputs": [
+            {"name": "input_ids", "shape": [1, 2, 3], "datatype": "INT64", "data": [1] * 6},
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}]})
+        assert wrong_tensor.status_code == 400 and "input_ids" in wrong_tensor.json()["error"]["message"]
+        out_of_vocab = client.post("/v2/models/intents/infer", json={"inputs": [
+            {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [10**9, 5]},
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}]})
+        assert 400 <= out_of_vocab.status_code < 500, out_of_vocab.text
+        assert client.post("/v1/classify", json={"input": PHRASE}).status_code == 200
+
+
+def test_long_text_is_truncated_and_flagged(daemon):
+    with daemon.client() as client:
+        r = client.post("/v1/classify", json={"model": "intents-buckets", "input": ["turn on the light " * 30]})
+    assert r.status_code == 200 and r.json()["data"][0]["truncated"] is True
+
+
+def test_concurrent_clients_all_get_their_own_answer(daemon):
+    import concurrent.futures
+
+    texts = [PHRASE, "what time is it", "turn the volume up"] * 20
+
+    def one(text):
+        with daemon.client() as client:
+            return client.post("/v1/classify", json={"model": "intents-buckets", "input": text}).json()["data"][0]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, texts))
+    singles = {t: one(t)["label"] for t in set(texts)}
+    assert [a["label"] for a in answers] == [singles[t] for t in texts]
+
+
+# -- lifecycle: each test starts its own daemon ---------------------------------------------------
+
+
+def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path):
+    config = f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
+    stale_dir = tmp_path / "run"
+    stale_dir.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(stale_dir / "edgeslm.sock"))
+    stale.close()  # the file stays, nobody listens: what a crash leaves
+    first = Daemon(tmp_path, config).start()
+    try:
+        second = subprocess.run([*first.args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert second.returncode == 69
+        assert "already listening" in second.stderr and "--socket" in second.stderr
+        with first.client() as client:
+            assert client.get("/health").status_code == 200  # the refusal did not disturb the live daemon
+    finally:
+        assert first.stop() == 0
+    assert not first.socket.exists()
+    assert "listening on" in first.output() and "intents: ready" in first.output()
+
+
+def test_sigterm_finishes_the_request_in_flight_then_removes_the_socket(tmp_path):
+    config = f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
+    d = Daemon(tmp_path, config).start()
+    body = json.dumps({"input": [PHRASE]}).encode()
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(str(d.socket))
+    conn.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+    time.sleep(0.3)  # the request is now in flight, its body half sent
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    conn.sendall(body[10:])
+    conn.settimeout(10)
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    conn.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"lights_on" in answer
+    assert d.stop() == 0
+    assert not d.socket.exists()
+    assert "edgeslm stopped" in d.output()
+
+
+def test_bad_config_exits_78_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nmax_inputs = -1\n[[models]]\nname = "x"\npath = "y"\nruntime = "tpu"\n')
+    r = subprocess.run([sys.executable, "-m", "edgeslm", "serve", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 78
+    assert "server.max_inputs" in r.stderr and "models[0].runtime" in r.stderr and "'tpu'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_selfcheck_failure_marks_the_model_failed_with_the_error(tmp_path):
+    import shutil
+    import tomllib
+
+    src = INTENTS
+    copy = tmp_path / "tampered"
+    shutil.copytree(src, copy)
+    card = (copy / "model.toml").read_text()
+    data = tomllib.loads(card)
+    rows = data["selfcheck"]["expected"]
+    flipped = "expected = " + json.dumps([[-x for x in row] for row in rows])
+    start = card.index("expected = ")
+    depth, end = 0, card.index("[", start)
+    for end in range(end, len(card)):  # find the bracket that closes the expected array
+        depth += {"[": 1, "]": -1}.get(card[end], 0)
+        if depth == 0:
+            break
+    (copy / "model.toml").write_text(card[:start] + flipped + card[end + 1 :])
+    config = f'[[models]]\nname = "good"\npath = "{src}"\n[[models]]\nname = "tampered"\npath = "{copy}"\n'
+    d = Daemon(tmp_path, config).start()
+    try:
+        with d.client() as client:
+            models = client.get("/ready").json()["models"]
+            assert models["good"]["state"] == "ready"
+            assert models["tampered"]["state"] == "failed"
+            assert "selfcheck failed" in models["tampered"]["error"] and "cosine" in models["tampered"]["error"]
+    finally:
+        d.stop()

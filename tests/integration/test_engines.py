@@ -1,0 +1,136 @@
+"""Both real engines on the committed intents model: same contract, same answers."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+from edgeslm.config import ModelConfig
+from edgeslm.errors import BadInputError, ModelLoadError, RuntimeMissingError
+from edgeslm.runtime import EngineOptions, open_engine
+from edgeslm.tasks.served import ServedModel
+
+from .conftest import INTENTS
+
+FILES = {"onnx": INTENTS / "model.onnx", "tflite": INTENTS / "model.tflite",
+         "tflite-buckets": INTENTS / "model_buckets.tflite"}
+TEXTS = ["turn on the kitchen light", "what time is it", "could you turn the volume down a little please",
+         "stop", "set a timer for five minutes"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    loaded = {name: ServedModel.load(ModelConfig(name=name, path=path)) for name, path in FILES.items()}
+    yield loaded
+    for model in loaded.values():
+        model.close()
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_specs_are_read_at_load(models, name):
+    engine = models[name].engine
+    assert [s.name for s in engine.inputs] == ["input_ids", "attention_mask"] or \
+        sorted(s.name for s in engine.inputs) == ["attention_mask", "input_ids"]
+    outputs = {s.name: s for s in engine.outputs}
+    assert set(outputs) == {"logits", "hidden"}
+    assert outputs["logits"].shape[-1] == len(models[name].classify.labels)
+    assert outputs["hidden"].shape[:2] == (None, None)
+
+
+def test_engines_agree_on_the_same_model(models):
+    encoded = models["onnx"].encoder.encode(TEXTS)
+    results = {}
+    for name, model in models.items():
+        feeds = {k: v.astype(model.engine.input(k).dtype) for k, v in encoded.feeds.items()}
+        results[name] = model.engine.run(feeds)
+    ref = results["onnx"]
+    for name, out in results.items():
+        assert out["logits"].shape == ref["logits"].shape, name
+        assert (out["logits"].argmax(1) == ref["logits"].argmax(1)).all(), name
+        cos = (out["logits"] * ref["logits"]).sum(1) / np.linalg.norm(out["logits"], axis=1) / \
+            np.linalg.norm(ref["logits"], axis=1)
+        assert cos.min() > 0.98, (name, cos)
+        assert out["hidden"].shape == ref["hidden"].shape, name
+
+
+def test_bucket_engine_reports_buckets_and_pads_inside(models):
+    engine = models["tflite-buckets"].engine
+    assert engine.batch_buckets == (1, 2, 4, 8, 16, 32) and engine.seq_buckets == (16, 32)
+    assert models["tflite-buckets"].batcher.max_batch == 32
+    ids = np.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [13, 0, 0, 0, 0]], dtype=engine.input("input_ids").dtype)
+    mask = (ids != 0).astype(engine.input("attention_mask").dtype)
+    out = engine.run({"input_ids": ids, "attention_mask": mask})
+    assert out["logits"].shape[0] == 3 and out["hidden"].shape[:2] == (3, 5)
+    with pytest.raises(BadInputError, match="largest bucket"):
+        engine.check_feeds({"input_ids": np.zeros((1, 40), ids.dtype), "attention_mask": np.zeros((1, 40), mask.dtype)})
+
+
+def test_dynamic_tflite_keeps_one_allocation_per_shape(models):
+    engine = models["tflite"].engine
+    dtype = engine.input("input_ids").dtype
+    shapes = [(1, 4), (3, 7), (1, 4), (3, 7)]
+    for rows, seq in shapes:
+        ids = np.ones((rows, seq), dtype)
+        engine.run({"input_ids": ids, "attention_mask": np.ones((rows, seq), engine.input("attention_mask").dtype)})
+    cached = engine.cached_shapes
+    assert ((1, 4), (1, 4)) in cached and ((3, 7), (3, 7)) in cached
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_padding_does_not_change_a_row(models, name):
+    model = models[name]
+    alone = model.encoder.encode([TEXTS[3]])
+    together = model.encoder.encode([TEXTS[3], TEXTS[2]])
+    a = model.engine.run(alone.feeds)["logits"][0]
+    b = model.engine.run(together.feeds)["logits"][0]
+    np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_formats_agree_on_every_heldout_phrase(models):
+    data = tomllib.loads((INTENTS / "phrases.toml").read_text())
+    texts, truth = [], []
+    for label, intent in data["intents"].items():
+        for phrase in intent["heldout"]:
+            texts.append(phrase)
+            truth.append(label)
+    labels = {}
+    for name, model in models.items():
+        predicted = []
+        for i in range(0, len(texts), 32):
+            encoded = model.encoder.encode(texts[i : i + 32])
+            predicted += list(model.classify.labels[model.engine.run(encoded.feeds)["logits"].argmax(1)])
+        labels[name] = predicted
+    assert labels["onnx"] == labels["tflite"] == labels["tflite-buckets"]
+    accuracy = np.mean([p == t for p, t in zip(labels["onnx"], truth)])
+    card = tomllib.loads((INTENTS / "model.toml").read_text())
+    assert accuracy == pytest.approx(card["files"]["model.onnx"]["heldout_accuracy"], abs=1e-3)
+    assert accuracy >= 0.85
+
+
+def test_selfcheck_passes_on_both_runtimes(models):
+    for name, model in models.items():
+        assert model.selfcheck is not None and model.selfcheck["passed"], name
+        assert model.selfcheck["min_cosine"] >= 0.99
+
+
+def test_unknown_extension_and_missing_file_are_load_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="extension"):
+        open_engine(tmp_path / "model.bin")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        open_engine(tmp_path / "model.onnx")
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"TFL3 but not really a flatbuffer" * 4)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        open_engine(bad)
+
+
+def test_no_tflite_runtime_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(RuntimeMissingError, match=r"edgeslm\[tflite\]"):
+        open_engine(FILES["tflite"], options=EngineOptions())

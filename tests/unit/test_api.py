@@ -1,0 +1,210 @@
+"""The HTTP API over fake engines (real tokenizer, real batcher): answers, and every bad input -> 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeslm.config import Config, ModelConfig, ServerConfig
+from edgeslm.runtime.fake import FakeEngine
+from edgeslm.server.app import build_app
+from edgeslm.tasks.served import ModelRegistry, ServedModel
+
+
+@pytest.fixture
+def served(fake_model_dir):
+    engine = FakeEngine()
+    config = ModelConfig(name="fake", path=fake_model_dir, batching={"max_batch": 4, "max_queue": 2})
+    registry = ModelRegistry()
+    registry.models["fake"] = ServedModel.load(config, engine=engine)
+    registry.configs["fake"] = config
+    yield registry, engine
+    engine.gate = None
+    registry.close(timeout_s=5)
+
+
+def call(registry, method, path, *, server=None, **kwargs):
+    app = build_app(registry, Config(server=server or ServerConfig(), models=[]))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_classify_answers_labels_with_scores(served):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/classify", json={"model": "fake", "input": ["turn on the light", "what time"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    first = body["data"][0]
+    assert first["label"] in {"alpha", "beta", "gamma", "delta"}
+    assert first["score"] == first["top"][0]["score"] and len(first["top"]) == 3
+    assert sum(t["score"] for t in first["top"]) <= 1.0 + 1e-6
+    assert body["usage"]["prompt_tokens"] == 6
+
+
+def test_batched_answer_equals_single_answers(served):
+    registry, _ = served
+    texts = ["turn on the light", "volume up please", "what time is it"]
+    together = call(registry, "POST", "/v1/classify", json={"input": texts, "top_k": 4}).json()["data"]
+    alone = [call(registry, "POST", "/v1/classify", json={"input": t, "top_k": 4}).json()["data"][0] for t in texts]
+    for a, b in zip(together, alone):
+        assert a["top"] == b["top"]
+
+
+def test_embeddings_float_and_base64_agree_and_are_unit_length(served):
+    registry, _ = served
+    floats = call(registry, "POST", "/v1/embeddings", json={"model": "fake", "input": ["turn on", "up"]}).json()
+    b64 = call(registry, "POST", "/v1/embeddings",
+               json={"model": "fake", "input": ["turn on", "up"], "encoding_format": "base64"}).json()
+    for f, b in zip(floats["data"], b64["data"]):
+        vector = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
+        np.testing.assert_allclose(vector, f["embedding"], rtol=1e-6)
+        assert np.linalg.norm(vector) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body, status, code, param",
+    [
+        (b'{"input": ["x"', 400, "invalid_json", None),
+        (b'{"input": 5}', 400, "invalid_field", "input"),
+        (b'{"input": ["a"], "top_k": "3"}', 400, "invalid_field", "top_k"),
+        (b'{"input": []}', 400, "invalid_input", "input"),
+        (b'{"input": ["   "]}', 400, "invalid_input", "input[0]"),
+        (b'{"input": ["a"], "colour": 1}', 400, "invalid_field", "colour"),
+        (b'{"model": "nope", "input": ["a"]}', 404, "model_not_found", "model"),
+        (b'', 400, "invalid_json", None),
+    ],
+)
+def test_bad_classify_bodies(served, body, status, code, param):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/classify", content=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["param"] == param and error["message"]
+
+
+def test_too_many_inputs_names_the_cap(served):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/classify", json={"input": ["a"] * 6}, server=ServerConfig(max_inputs=5))
+    assert r.status_code == 400 and "server.max_inputs" in r.json()["error"]["message"]
+
+
+def test_body_over_limit_is_413(served):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/classify", json={"input": ["a " * 1000]}, server=ServerConfig(max_body_bytes=1024))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_long_text_is_truncated_and_flagged_or_refused(served):
+    registry, _ = served
+    long_text = "turn on the light " * 5  # 20 tokens, the card allows 8
+    ok = call(registry, "POST", "/v1/classify", json={"input": [long_text, "up"]}).json()
+    assert [d["truncated"] for d in ok["data"]] == [True, False]
+    refused = call(registry, "POST", "/v1/classify", json={"input": [long_text], "truncate": False})
+    assert refused.status_code == 400
+    assert "20 tokens" in refused.json()["error"]["message"] and refused.json()["error"]["param"] == "input[0]"
+
+
+def test_raw_tensors_round_trip_and_shape_errors_name_the_input(served):
+    registry, _ = served
+    good = {"inputs": [
+        {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [2, 3, 6]},
+        {"name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "data": [[1, 1, 1]]},
+    ]}
+    r = call(registry, "POST", "/v2/models/fake/infer", json=good)
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["logits"]["shape"] == [1, 4] and outputs["logits"]["datatype"] == "FP32"
+    assert outputs["hidden"]["shape"] == [1, 3, 3]
+    bad_shape = {"inputs": [dict(good["inputs"][0], shape=[3]), good["inputs"][1]]}
+    r = call(registry, "POST", "/v2/models/fake/infer", json=bad_shape)
+    assert r.status_code == 400 and "input_ids" in r.json()["error"]["message"]
+    assert "int64[?,?]" in r.json()["error"]["message"]
+    bad_type = {"inputs": [dict(good["inputs"][0], datatype="FP32"), good["inputs"][1]]}
+    r = call(registry, "POST", "/v2/models/fake/infer", json=bad_type)
+    assert r.status_code == 400 and "INT64" in r.json()["error"]["message"]
+    wrong_count = {"inputs": [dict(good["inputs"][0], data=[1, 2]), good["inputs"][1]]}
+    assert call(registry, "POST", "/v2/models/fake/infer", json=wrong_count).status_code == 400
+
+
+def test_raw_tensors_binary_extension(served):
+    registry, _ = served
+    ids = np.array([[2, 3, 6]], dtype="<i8")
+    header = (b'{"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", '
+              b'"parameters": {"binary_data_size": 24}}, {"name": "attention_mask", "shape": [1, 3], '
+              b'"datatype": "INT64", "data": [1, 1, 1]}], "outputs": [{"name": "logits", '
+              b'"parameters": {"binary_data": true}}]}')
+    r = call(registry, "POST", "/v2/models/fake/infer", content=header + ids.tobytes(),
+             headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 200, r.text
+    head_len = int(r.headers["inference-header-content-length"])
+    import json
+    doc = json.loads(r.content[:head_len])
+    logits = np.frombuffer(r.content[head_len:], dtype="<f4").reshape(doc["outputs"][0]["shape"])
+    json_r = call(registry, "POST", "/v2/models/fake/infer", json={"inputs": [
+        {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [2, 3, 6]},
+        {"name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "data": [1, 1, 1]}]}).json()
+    expected = [o for o in json_r["outputs"] if o["name"] == "logits"][0]["data"]
+    np.testing.assert_allclose(logits.ravel(), expected)
+
+
+def test_full_queue_answers_503_with_retry_after(served):
+    registry, engine = served
+    engine.gate = threading.Event()
+    app = build_app(registry, Config(models=[]))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            send = lambda: client.post("/v1/classify", json={"input": ["up"]})  # noqa: E731
+            first = asyncio.ensure_future(send())  # running (blocked in the engine)
+            await asyncio.sleep(0.2)
+            queued = [asyncio.ensure_future(send()) for _ in range(2)]  # fill max_queue = 2
+            await asyncio.sleep(0.2)
+            refused = await send()
+            engine.gate.set()
+            rest = await asyncio.gather(first, *queued)
+            return refused, rest
+
+    refused, rest = asyncio.run(go())
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert [r.status_code for r in rest] == [200, 200, 200]
+
+
+def test_failed_model_shows_in_ready_and_answers_503(served):
+    registry, _ = served
+    registry.failed["broken"] = "model file missing"
+    registry.configs["broken"] = ModelConfig(name="broken", path="/nope")
+    ready = call(registry, "GET", "/ready")
+    assert ready.status_code == 503
+    assert ready.json()["models"]["broken"] == {"state": "failed", "error": "model file missing"}
+    assert ready.json()["models"]["fake"]["state"] == "ready"
+    r = call(registry, "POST", "/v1/classify", json={"model": "broken", "input": ["a"]})
+    assert r.status_code == 503 and "model file missing" in r.json()["error"]["message"]
+    listed = {m["id"]: m for m in call(registry, "GET", "/v1/models").json()["data"]}
+    assert listed["broken"]["state"] == "failed" and listed["fake"]["state"] == "ready"
+
+
+def test_unknown_path_and_method_are_json_errors(served):
+    registry, _ = served
+    assert call(registry, "GET", "/v9/nothing").json()["error"]["code"] == "not_found"
+    r = call(registry, "GET", "/v1/classify")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_openapi_lists_the_endpoints_and_schemas(served):
+    registry, _ = served
+    doc = call(registry, "GET", "/openapi.json").json()
+    assert {"/v1/classify", "/v1/embeddings", "/v2/models/{name}/infer", "/ready"} <= set(doc["paths"])
+    assert "ClassifyRequest" in doc["components"]["schemas"]
+    ref = doc["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/ClassifyRequest")

@@ -1,0 +1,80 @@
+"""Config: TOML + environment, errors that name the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeslm.config import DEFAULT_SOCKET_PATH, load_config
+from edgeslm.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edgeslm.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_bundled_model_on_run_socket():
+    config = load_config(None, env={})
+    assert config.server.socket_path == DEFAULT_SOCKET_PATH
+    assert config.server.socket_mode == 0o660
+    assert [m.name for m in config.models] == ["intents"]
+    assert (config.models[0].path / "model.toml").is_file()
+
+
+def test_file_values_and_relative_model_paths(tmp_path):
+    path = write(tmp_path, '[server]\nsocket_path = "/tmp/x.sock"\nsocket_mode = "0600"\n'
+                           '[[models]]\nname = "a"\npath = "models/a"\n[models.batching]\nmax_batch = 4\n')
+    config = load_config(path, env={})
+    assert config.server.socket_mode == 0o600
+    assert config.models[0].path == tmp_path / "models/a"
+    assert config.models[0].batching.max_batch == 4
+
+
+def test_env_overrides_file(tmp_path):
+    path = write(tmp_path, '[server]\nmax_inputs = 5\n')
+    config = load_config(path, env={"EDGESLM_SERVER_MAX_INPUTS": "7", "EDGESLM_SERVER_SOCKET_PATH": "/tmp/e.sock"})
+    assert config.server.max_inputs == 7
+    assert str(config.server.socket_path) == "/tmp/e.sock"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[server]\nmax_inputs = 0\n', "server.max_inputs"),
+        ('[server]\nsokcet_path = "x"\n', "server.sokcet_path: unknown key"),
+        ('[server]\nsocket_mode = "rw-rw----"\n', "octal"),
+        ('[[models]]\nname = "a"\npath = "x"\nruntime = "tensorrt"\n', "models[0].runtime"),
+        ('[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "a"\npath = "y"\n', "used twice"),
+        ('[server\n', "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert needle in str(info.value)
+
+
+def test_bad_value_shows_what_was_given_and_allowed(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[[models]]\nname = "a"\npath = "x"\nruntime = "tensorrt"\n'), env={})
+    message = str(info.value)
+    assert "'tensorrt'" in message and "'onnx'" in message
+
+
+def test_unknown_env_variable_is_refused():
+    with pytest.raises(ConfigError, match="EDGESLM_SERVR_MAX_INPUTS"):
+        load_config(None, env={"EDGESLM_SERVR_MAX_INPUTS": "3"})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_settings_are_frozen():
+    config = load_config(None, env={})
+    with pytest.raises(ValueError):
+        config.server.max_inputs = 3  # type: ignore[misc]

@@ -1,0 +1,66 @@
+"""core/ stays pure numpy: no runtime, no asyncio, no clock, no files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+
+from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, top_k
+from edgeslm.core.tensors import pad_rows, pad_stack, split_rows
+
+CORE = Path(__file__).resolve().parents[2] / "edgeslm" / "core"
+ALLOWED = {"numpy", "threading", "collections", "dataclasses", "typing", "math", "logging", "__future__",
+           "edgeslm.core", "edgeslm.errors", "abc", "itertools", "enum", "heapq"}
+
+
+def test_core_imports_only_pure_modules():
+    bad = []
+    for path in CORE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                if not any(name == ok or name.startswith(ok + ".") for ok in ALLOWED):
+                    bad.append(f"{path.name}: {name}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "open":
+                bad.append(f"{path.name}: open()")
+    assert not bad, bad
+
+
+def test_softmax_is_stable_and_sums_to_one():
+    probs = softmax(np.array([[1000.0, 1001.0, 999.0], [0, 0, 0]], dtype=np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    assert probs[0].argmax() == 1 and np.all(np.isfinite(probs))
+
+
+def test_top_k_orders_best_first():
+    idx, val = top_k(np.array([[0.1, 0.5, 0.2, 0.2]]), 2)
+    assert idx.tolist() == [[1, 2]] and val.tolist() == [[0.5, 0.2]]
+    idx, _ = top_k(np.array([[0.1, 0.5]]), 5)
+    assert idx.tolist() == [[1, 0]]
+
+
+def test_mean_pool_ignores_padding_and_normalize_gives_unit_rows():
+    hidden = np.array([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]], dtype=np.float32)
+    mask = np.array([[1, 1, 0]])
+    np.testing.assert_allclose(mean_pool(hidden, mask), [[2.0, 2.0]])
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])), axis=1), [1.0, 0.0])
+
+
+def test_pad_stack_and_split_round_trip():
+    a, b = np.array([[1, 2]]), np.array([[3], [4]])
+    stacked = pad_stack([a, b], pad_value=0)
+    assert stacked.tolist() == [[1, 2], [3, 0], [4, 0]]
+    parts = split_rows({"x": stacked}, [1, 2])
+    assert parts[0]["x"].tolist() == [[1, 2]] and parts[1]["x"].shape == (2, 2)
+    assert pad_rows([[5, 6, 7], [8]], 0, np.dtype(np.int64)).tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_row_cosine():
+    np.testing.assert_allclose(row_cosine(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]])),
+                               [1.0, -1.0])
