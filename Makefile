@@ -28,6 +28,7 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/edgeslm serve $(ARGS)
 
 test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 bench: $(VENV)/.dev-installed
