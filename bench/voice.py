@@ -49,6 +49,15 @@ STAGES = ("capture_start", "first_audio", "capture", "vad", "speech_stream", "sp
           "after_speech", "total")
 
 
+OUT_OF_GRAMMAR = ["what is the weather like in london", "good morning how are you", "banana republic",
+                  "open the garage door", "call my mother"]
+
+
+def press(client, reader) -> tuple[str, dict]:
+    client.post(f"/v1/gpio/{TRIGGER_PIN}/press", json={"hold_ms": 50})
+    return reader.until({"intent", "no_match", "error"})[-1]
+
+
 class NoActions:
     def run_all(self, actions, context):
         return []
@@ -87,6 +96,8 @@ def main() -> int:
     reader = EventReader(daemon.socket)
     client = daemon.client()
     rows, latencies, bare_ms, misses = [], {s: [] for s in STAGES}, [], []
+    audio_ms: dict[str, list[float]] = {"daemon": [], "bare": []}
+    false_accepts, oog_total = [], 0
     try:
         for voice in args.voices:
             for speed in args.speeds:
@@ -98,8 +109,9 @@ def main() -> int:
                         t0 = time.perf_counter()
                         bare = pipeline.run_on_audio(samples, context={}, act=False)
                         bare_ms.append((time.perf_counter() - t0) * 1000)
-                        client.post(f"/v1/gpio/{TRIGGER_PIN}/press", json={"hold_ms": 50})
-                        kind, result = reader.until({"intent", "no_match", "error"})[-1]
+                        audio_ms["bare"].append(bare.audio_ms)
+                        kind, result = press(client, reader)
+                        audio_ms["daemon"].append(result.get("audio_ms", float("nan")))
                         total += 1
                         if kind == "intent" and result["intent"] == name:
                             right += 1
@@ -111,6 +123,12 @@ def main() -> int:
                                            result.get("transcript"), result.get("reason"),
                                            bare.intent if bare.status == "intent" else bare.reason))
                 rows.append((voice, speed, right, total))
+                for text in OUT_OF_GRAMMAR:
+                    as_heard(speak(text, voice=voice, speed=speed, workdir=work)).tofile(work / "utterance.raw")
+                    kind, result = press(client, reader)
+                    oog_total += 1
+                    if kind == "intent":
+                        false_accepts.append((voice, speed, text, result["intent"], result.get("frame_score")))
     finally:
         reader.close()
         daemon.stop()
@@ -124,10 +142,16 @@ def main() -> int:
     print(f"  {'all':<18} {right:>3}/{total:<3} {right / total:6.1%}")
     for miss in misses:
         print("  miss:", miss)
+    print(f"\nspeech that is no command ({len(OUT_OF_GRAMMAR)} sentences per voice and speed): "
+          f"{len(false_accepts)}/{oog_total} taken as a command (the rest no_match)")
+    for accept in false_accepts:
+        print("  taken as a command:", accept)
     print("\npress-to-action latency by stage over the recognised commands, ms (median / p90):")
     for stage in STAGES:
         values = latencies[stage]
         print(f"  {stage:<14} {pct(values, 50):8.1f} {pct(values, 90):8.1f}")
+    print(f"  audio examined per command: daemon {pct(audio_ms['daemon'], 50):.0f} ms, "
+          f"bare {pct(audio_ms['bare'], 50):.0f} ms (median)")
     bare_median = pct(bare_ms, 50)
     print(f"\nbare in-process VAD + recogniser + intent on the same samples: median {bare_median:.1f} ms")
     print(f"daemon press-to-action total / bare: {pct(latencies['total'], 50) / bare_median:.2f}x")

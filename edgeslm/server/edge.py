@@ -32,9 +32,10 @@ class EdgeServices:
 
     def __init__(self, bus: EventBus, *, scheduler: TimerThread | None = None, board: GpioBoard | None = None,
                  leds: StatusLeds | None = None, voice: VoiceService | None = None,
-                 executor: ThreadPoolExecutor | None = None, voice_config: VoiceConfig | None = None):
+                 executor: ThreadPoolExecutor | None = None, voice_config: VoiceConfig | None = None,
+                 runner: ActionRunner | None = None):
         self.bus, self.scheduler, self.board, self.voice, self.executor = bus, scheduler, board, voice, executor
-        self.leds = leds
+        self.leds, self.runner = leds, runner
         self.voice_config = voice_config or VoiceConfig()
         self.stopping: Callable[[], bool] = lambda: bus.closed
 
@@ -66,7 +67,7 @@ class EdgeServices:
                     raise ConfigError(f"gpio: {exc}; check [[gpio.triggers]] and [[gpio.outputs]]") from None
             gpio = config.gpio
             edge.leds = StatusLeds(edge.board, gpio.busy_led_pin, gpio.error_led_pin, gpio.error_led_s, scheduler)
-            runner = ActionRunner(bus, edge.board, registry, edge.leds)
+            runner = edge.runner = ActionRunner(bus, edge.board, registry, edge.leds)
             if config.voice.intents:
                 edge.voice = _start_voice(config.voice, registry, runner, bus, edge.leds, source_factory, clock)
             router.append(TriggerRouter(gpio.triggers, bus, runner, edge.voice, executor))
@@ -94,6 +95,8 @@ class EdgeServices:
 
     def close(self) -> None:
         self.bus.close()
+        if self.runner is not None:
+            self.runner.close()
         if self.voice is not None:
             self.voice.close()
             self.voice.pipeline.vad.close()
@@ -108,7 +111,7 @@ class EdgeServices:
 def _open_backend(config: Config) -> GpioBackend | None:
     gpio = config.gpio
     try:
-        return open_backend(gpio.backend, chip=gpio.chip)
+        return open_backend(gpio.backend, chip=gpio.chip, pins_configured=bool(gpio.triggers or gpio.outputs))
     except GpioUnavailableError as exc:
         if gpio.triggers or gpio.outputs or gpio.backend != "auto":
             raise ConfigError(f"gpio.backend = {gpio.backend!r}: {exc}") from None

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -15,22 +14,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeslm.config import Config
-from edgeslm.errors import BadInputError, GpioError, VoiceUnavailableError
+from edgeslm.errors import BadInputError, DeadlineError, GpioError, VoiceUnavailableError
 from edgeslm.events import Event, Subscription
 from edgeslm.server.bridge import endpoint, json_response, parse, read_body
 from edgeslm.server.edge import EdgeServices
+from edgeslm.server.edge_schemas import PressRequest
 from edgeslm.voice.wav import read_wav, wav_from_multipart
 
 KEEPALIVE_S = 15.0
 SHUTDOWN_POLL_S = 0.5
 INFERENCE_PATHS = ("/v1/classify", "/v1/embeddings", "/v1/completions", "/v1/chat/", "/v2/models/")
-
-
-class PressRequest(BaseModel):
-    """A simulated press of a trigger pin (mock backend)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    hold_ms: float = Field(100.0, ge=0, le=60_000, description="how long the button stays down, milliseconds")
 
 
 def sse(event: Event) -> bytes:
@@ -95,7 +88,12 @@ class EdgeApi:
         act = request.query_params.get("act", "true").lower() not in ("false", "0", "no")
         config = self.edge.voice_config
         samples = read_wav(body, sample_rate=config.sample_rate_hz, max_seconds=config.max_seconds)
-        result = await asyncio.to_thread(voice.run_upload, samples, act=act)
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(voice.run_upload, samples, act=act),
+                                            self.server.request_timeout_s)
+        except TimeoutError:
+            raise DeadlineError(f"the voice pipeline did not answer within {self.server.request_timeout_s:g} s "
+                                "(server.request_timeout_s); a capture may be holding it") from None
         answer: dict[str, Any] = {"status": result.status, **result.event_data(), "actions": result.actions}
         return json_response(answer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,9 +24,12 @@ class ActionRunner:
     """Runs actions on the calling thread; each one publishes an `action` event, a failure also an `error`."""
 
     def __init__(self, bus: EventBus, board: GpioBoard | None, registry: ModelRegistry, leds: StatusLeds, *,
-                 clock: Callable[[], float] = time.perf_counter, run: Callable[..., Any] = subprocess.run):
+                 clock: Callable[[], float] = time.perf_counter, popen: Callable[..., Any] = subprocess.Popen):
         self.bus, self.board, self.registry, self.leds = bus, board, registry, leds
-        self._clock, self._run = clock, run
+        self._clock, self._popen = clock, popen
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def run_all(self, actions: Sequence[Action], context: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [self.run(action, context) for action in actions]
@@ -76,22 +80,40 @@ class ActionRunner:
                     if isinstance(value, (str, int, float))})
         argv = list(action.argv)
         try:
-            done = self._run(argv, capture_output=True, timeout=action.timeout_s, env=env, stdin=subprocess.DEVNULL,
-                             check=False)
+            proc = self._popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         except FileNotFoundError:
             raise EdgeslmError(f"command {argv[0]!r} was not found; give its full path in argv",
                                code="command_not_found") from None
-        except subprocess.TimeoutExpired:
-            raise EdgeslmError(f"command {argv[0]!r} ran past its timeout_s = {action.timeout_s:g} and was killed",
-                               code="command_timeout") from None
         except OSError as exc:
             raise EdgeslmError(f"command {argv[0]!r} could not start: {exc.strerror}", code="command_failed") from None
-        out = done.stdout.decode(errors="replace")[-OUTPUT_TAIL:]
-        if done.returncode != 0:
-            err = done.stderr.decode(errors="replace").strip()[-OUTPUT_TAIL:]
-            raise EdgeslmError(f"command {argv[0]!r} exited with status {done.returncode}: {err}",
+        with self._lock:
+            self._running.add(proc)
+            closed = self._closed
+        try:
+            if closed:
+                proc.kill()
+            stdout, stderr = proc.communicate(timeout=action.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise EdgeslmError(f"command {argv[0]!r} ran past its timeout_s = {action.timeout_s:g} and was killed",
+                               code="command_timeout") from None
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        if proc.returncode != 0:
+            err = stderr.decode(errors="replace").strip()[-OUTPUT_TAIL:]
+            raise EdgeslmError(f"command {argv[0]!r} exited with status {proc.returncode}: {err}",
                                code="command_failed")
-        return {"argv": argv, "exit_code": done.returncode, "stdout": out}
+        return {"argv": argv, "exit_code": proc.returncode, "stdout": stdout.decode(errors="replace")[-OUTPUT_TAIL:]}
+
+    def close(self) -> None:
+        """The daemon is stopping: end commands still running rather than wait out their timeouts."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for proc in running:
+            proc.terminate()
 
     def _classify(self, action: ClassifyAction, context: Mapping[str, Any]) -> dict[str, Any]:
         model = self.registry.get(action.model, "classify")

@@ -144,3 +144,18 @@ def test_press_endpoint_validates_its_body():
     r = call(edge, "POST", "/v1/gpio/4/press")
     assert r.status_code == 400 and "not a configured trigger" in r.json()["error"]["message"]
     board.close()
+
+
+def test_closing_the_runner_ends_running_commands(rig):
+    import threading
+    import time
+
+    runner, events, board = rig
+    results = []
+    action = CommandAction(type="command", argv=(sys.executable, "-c", "import time; time.sleep(60)"), timeout_s=60)
+    worker = threading.Thread(target=lambda: results.append(runner.run(action, {})))
+    worker.start()
+    time.sleep(0.5)
+    runner.close()
+    worker.join(10)
+    assert not worker.is_alive() and results[0]["ok"] is False and results[0]["code"] == "command_failed"

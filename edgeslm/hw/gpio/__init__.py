@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 AUTO_ORDER = ("lgpio", "rpigpio", "mock")
 
 
-def open_backend(name: str = "auto", *, chip: str | None = None, clock: Clock = time.monotonic) -> GpioBackend:
+def open_backend(name: str = "auto", *, chip: str | None = None, clock: Clock = time.monotonic,
+                 pins_configured: bool = True) -> GpioBackend:
     """The named backend, or with "auto" the first that works here (logged, with why the others did not)."""
     from edgeslm.hw.gpio.chip import LgpioBackend
     from edgeslm.hw.gpio.mock import MockBackend
@@ -34,8 +35,9 @@ def open_backend(name: str = "auto", *, chip: str | None = None, clock: Clock = 
             reasons.append(f"{candidate}: {exc}")
             continue
         if candidate == "mock":
-            log.warning("gpio: no GPIO hardware works here (%s); using the mock backend, pins move only with "
-                        "`edgeslm gpio press`", "; ".join(reasons))
+            log.log(logging.WARNING if pins_configured else logging.INFO,
+                    "gpio: no GPIO hardware works here (%s); using the mock backend, pins move only with "
+                    "`edgeslm gpio press`", "; ".join(reasons))
         else:
             log.info("gpio: backend %s", candidate)
         return backend
