@@ -109,3 +109,33 @@ class DaemonUnreachableError(EdgeslmError, ConnectionError):
     """The CLI could not reach a daemon on the socket."""
 
     code = "daemon_unreachable"
+
+
+class StoreError(EdgeslmError):
+    """The model store could not do what was asked (pull, remove, find a model)."""
+
+    code = "store_error"
+
+
+class UnknownRecipeError(StoreError, LookupError):
+    """No recipe of that name is in the catalogue."""
+
+    code = "unknown_recipe"
+
+
+class NotPulledError(StoreError, LookupError):
+    """The model is in the catalogue but has not been pulled into this store."""
+
+    code = "not_pulled"
+
+
+class PullError(StoreError):
+    """Fetching, converting or checking a model failed; nothing was left in the store."""
+
+    code = "pull_failed"
+
+
+class QuantizeError(EdgeslmError):
+    """`edgeslm quantize` cannot quantize this model or read its reference inputs."""
+
+    code = "quantize_failed"
