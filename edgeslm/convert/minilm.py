@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,8 @@ TFLITE_MAX_SEQ = 128
 # Every seq bucket has the largest batch, so any batch the daemon forms fits some bucket.
 TFLITE_BUCKETS = (
     *((b, 16) for b in (1, 2, 4, 8, 16, 32, 64)),
-    *((b, s) for s in (32, 64, 128) for b in (1, 4, 16, 64)),
+    *((b, 64) for b in (1, 4, 16, 64)),
+    *((b, 128) for b in (1, 8, 64)),
 )
 SELFCHECK_SENTENCES = (
     "Turn on the kitchen light.",
@@ -38,7 +40,8 @@ ONNX_QUANT = ("int8 weight-only: MatMulNBits (bits 8, block 32, symmetric, accur
 TFLITE_QUANT = "int8 dynamic range (ai-edge-quantizer dynamic_wi8_afp32: per-channel int8 weights, float activations)"
 
 
-def _model_dir(source: Path) -> Path:
+def find_model_dir(source: Path) -> Path:
+    """The folder of the unpacked package that holds config.json, model.safetensors and tokenizer.json."""
     for config in sorted(source.rglob("config.json")):
         folder = config.parent
         if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
@@ -49,11 +52,22 @@ def _model_dir(source: Path) -> Path:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Keep converters' own prints and warnings out of the user's progress bars."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    """Keep converters' prints, warnings and native (absl/C++) logs out of the user's progress bars."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _encoder(tokenizer_path: Path, max_len: int):
@@ -64,7 +78,8 @@ def _encoder(tokenizer_path: Path, max_len: int):
                        mask_name="attention_mask", type_ids_name="token_type_ids", dtypes=dtypes)
 
 
-def _sentence_module(model_dir: Path):
+def load_fp32(model_dir: Path):
+    """The fp32 PyTorch model as a module: (input_ids, attention_mask, token_type_ids) -> token states + sentence."""
     import torch
     from transformers import BertModel
 
@@ -85,6 +100,11 @@ def _sentence_module(model_dir: Path):
 
     bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, local_files_only=True)
     return SentenceEncoder(bert.eval()).eval()
+
+
+def fp32_embeddings(module, tokenizer: Path, texts: Sequence[str], max_len: int = MAX_SEQ) -> np.ndarray:
+    """Unit-length fp32 sentence vectors for `texts`. -> [n, 384]"""
+    return _reference(module, _encoder(tokenizer, max_len).encode(list(texts)).feeds)
 
 
 def _reference(module, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -128,10 +148,12 @@ def _export_tflite(module, float_path: Path, path: Path, buckets: Sequence[tuple
     litert_torch.config.show_progress = False
     converter = litert_torch.Converter()
     for batch, seq in buckets:
-        zeros = torch.zeros((batch, seq), dtype=torch.long)
-        converter.signature(f"b{batch}_s{seq}", module,
-                            sample_kwargs={"input_ids": zeros, "attention_mask": torch.ones_like(zeros),
-                                           "token_type_ids": zeros})
+        # Distinct tensors: torch.export merges inputs passed as the same object, and the file would then
+        # read token_type_ids from the input_ids buffer.
+        sample = {"input_ids": torch.zeros((batch, seq), dtype=torch.long),
+                  "attention_mask": torch.ones((batch, seq), dtype=torch.long),
+                  "token_type_ids": torch.zeros((batch, seq), dtype=torch.long)}
+        converter.signature(f"b{batch}_s{seq}", module, sample_kwargs=sample)
     with _quiet():
         converter.convert().export(str(float_path))
         quant = quantizer.Quantizer(str(float_path))
@@ -139,7 +161,7 @@ def _export_tflite(module, float_path: Path, path: Path, buckets: Sequence[tuple
         quant.quantize().export_model(str(path), overwrite=True)
 
 
-def _embed_with(path: Path, tokenizer: Path, texts: Sequence[str]) -> np.ndarray:
+def embed_like_daemon(path: Path, tokenizer: Path, texts: Sequence[str]) -> np.ndarray:
     """Embed `texts` the way the daemon does: its engine, tokenizer and pooling."""
     from edgeslm.runtime import EngineOptions, open_engine
     from edgeslm.runtime.base import TensorSpec
@@ -169,10 +191,10 @@ def _check(label: str, path: Path, tokenizer: Path, module, progress: Progress) 
     from edgeslm.core.scores import row_cosine
 
     max_len = TFLITE_MAX_SEQ if path.suffix == ".tflite" else MAX_SEQ
-    reference = _reference(module, _encoder(tokenizer, max_len).encode(list(SENTENCES)).feeds)
-    batched = _embed_with(path, tokenizer, SENTENCES)
+    reference = fp32_embeddings(module, tokenizer, SENTENCES, max_len)
+    batched = embed_like_daemon(path, tokenizer, SENTENCES)
     cosines = row_cosine(batched, reference)
-    alone = np.concatenate([_embed_with(path, tokenizer, [text]) for text in SENTENCES[:4]])
+    alone = np.concatenate([embed_like_daemon(path, tokenizer, [text]) for text in SENTENCES[:4]])
     independence = float(row_cosine(alone, batched[:4]).min())
     worst = int(np.argmin(cosines))
     progress.note(f"{label}: min cosine vs fp32 {cosines.min():.4f} (mean {cosines.mean():.4f}) on "
@@ -194,7 +216,7 @@ def build(source: Path, out: Path, progress: Progress, *, buckets: Sequence[tupl
     """Fill `out` with model.onnx, model.tflite, tokenizer.json and model.toml for all-MiniLM-L6-v2."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    model_dir = _model_dir(source)
+    model_dir = find_model_dir(source)
     tokenizer = out / "tokenizer.json"
     shutil.copyfile(model_dir / "tokenizer.json", tokenizer)
     if (model_dir / "README.md").is_file():
@@ -204,7 +226,7 @@ def build(source: Path, out: Path, progress: Progress, *, buckets: Sequence[tupl
         import torch
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        module = _sentence_module(model_dir)
+        module = load_fp32(model_dir)
     with tempfile.TemporaryDirectory(prefix="minilm-", dir=out.parent) as scratch:
         work = Path(scratch)
         progress.stage("export ONNX and quantize to int8", 2)

@@ -72,8 +72,9 @@ def build(source: Path, out: Path, progress: Progress) -> None:
     silence = stream_probabilities(session, np.zeros(8 * CHUNK_SAMPLES, np.float32))
     expected = stream_probabilities(session, reference_signal())
     progress.advance()
-    if silence.max() > 0.2:
-        raise PullError(f"silero VAD calls silence speech (probability {silence.max():.2f}); the model is broken")
+    if silence.max() > 0.2 or expected.max() < 0.5:
+        raise PullError(f"silero VAD does not tell silence ({silence.max():.2f}) from a voiced tone "
+                        f"({expected.max():.2f}); the model or onnxruntime is broken")
     progress.note(f"silero-vad: silence max probability {silence.max():.3f}; reference tone peaks at "
                   f"{expected.max():.3f}")
     card = {

@@ -77,10 +77,14 @@ class TqdmProgress:
         self._tqdm = tqdm
         self._stream = stream or sys.stderr
         self._disable = disable
+        # Off a terminal tqdm draws nothing (disable=None); stage names are then printed as lines instead.
+        self._lines = disable is None and not self._stream.isatty()
         self._bar: Any = None
 
     def stage(self, name: str, total: float | None = None, unit: str = "step") -> None:
         self.close()
+        if self._lines:
+            print(f"{name} ...", file=self._stream, flush=True)
         scale = unit in ("B", "byte", "bytes")
         self._bar = self._tqdm(
             total=total, desc=name, unit="B" if scale else unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,

@@ -251,3 +251,23 @@ def test_unpulled_store_model_with_no_path_fails_cleanly():
 
     with pytest.raises(ModelLoadError, match="edgeslm pull minilm-l6"):
         ServedModel.load(ModelConfig(store="minilm-l6"))
+
+
+def test_tqdm_progress_draws_bars_and_notes():
+    import io
+
+    from edgeslm.store import TqdmProgress
+
+    stream = io.StringIO()
+    progress = TqdmProgress(stream, disable=False)
+    progress.stage("unpack", 100, unit="B")
+    progress.advance(60)
+    progress.note("fetched x.whl")
+    progress.stage("convert")
+    progress.close()
+    text = stream.getvalue()
+    assert "unpack" in text and "100/100" in text.replace("100B/100B", "100/100") and "fetched x.whl" in text
+    assert "convert" in text
+    plain = io.StringIO()  # not a terminal: stage names as lines
+    TqdmProgress(plain).stage("fetch pkg")
+    assert plain.getvalue() == "fetch pkg ...\n"
