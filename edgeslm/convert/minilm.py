@@ -54,7 +54,7 @@ def find_model_dir(source: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_converters() -> Iterator[None]:
     """Keep converters' prints, warnings and native (absl/C++) logs out of the user's progress bars."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -124,7 +124,7 @@ def _export_onnx(module, feeds: dict[str, np.ndarray], path: Path) -> None:
     sample = {k: torch.from_numpy(v[:2, :8]) for k, v in feeds.items()}
     dims = {name: {0: torch.export.Dim("batch", max=4096), 1: torch.export.Dim("seq", max=MAX_SEQ)}
             for name in INPUTS}
-    with _quiet():
+    with quiet_converters():
         torch.onnx.export(module, (), str(path), kwargs=sample, input_names=list(INPUTS),
                           output_names=["last_hidden_state", "sentence_embedding"], dynamic_shapes=dims,
                           dynamo=True, opset_version=18, verbose=False)
@@ -136,7 +136,7 @@ def _quantize_onnx(float_path: Path, path: Path) -> None:
     from edgeslm.convert.quantize import quantize_gathers_int8, quantize_matmuls
 
     model = onnx.load(str(float_path))
-    with _quiet():
+    with quiet_converters():
         model = quantize_matmuls(model, 8, block_size=32, accuracy_level=4)
     quantize_gathers_int8(model)
     model.producer_name = "edgeslm pull minilm-l6"
@@ -157,7 +157,7 @@ def _export_tflite(module, float_path: Path, path: Path, buckets: Sequence[tuple
                   "attention_mask": torch.ones((batch, seq), dtype=torch.long),
                   "token_type_ids": torch.zeros((batch, seq), dtype=torch.long)}
         converter.signature(f"b{batch}_s{seq}", module, sample_kwargs=sample)
-    with _quiet():
+    with quiet_converters():
         converter.convert().export(str(float_path))
         quant = quantizer.Quantizer(str(float_path))
         quant.load_quantization_recipe(recipe.weight_only_wi8_afp32())
@@ -195,9 +195,10 @@ def _check(label: str, path: Path, tokenizer: Path, module, progress: Progress) 
 
     max_len = TFLITE_MAX_SEQ if path.suffix == ".tflite" else MAX_SEQ
     reference = fp32_embeddings(module, tokenizer, SENTENCES, max_len)
-    batched = embed_like_daemon(path, tokenizer, SENTENCES)
+    with quiet_converters():  # LiteRT announces its XNNPACK delegate on the C stderr
+        batched = embed_like_daemon(path, tokenizer, SENTENCES)
+        alone = np.concatenate([embed_like_daemon(path, tokenizer, [text]) for text in SENTENCES[:4]])
     cosines = row_cosine(batched, reference)
-    alone = np.concatenate([embed_like_daemon(path, tokenizer, [text]) for text in SENTENCES[:4]])
     independence = float(row_cosine(alone, batched[:4]).min())
     worst = int(np.argmin(cosines))
     progress.note(f"{label}: min cosine vs fp32 {cosines.min():.4f} (mean {cosines.mean():.4f}) on "
@@ -225,7 +226,7 @@ def build(source: Path, out: Path, progress: Progress, *, buckets: Sequence[tupl
     if (model_dir / "README.md").is_file():
         shutil.copyfile(model_dir / "README.md", out / "README.md")
     progress.stage("load all-MiniLM-L6-v2 (safetensors, fp32)")
-    with _quiet():
+    with quiet_converters():
         import torch
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
