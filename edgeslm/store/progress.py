@@ -94,7 +94,7 @@ class TqdmProgress:
 
     def advance(self, amount: float = 1.0) -> None:
         if self._bar is not None:
-            self._bar.update(amount)
+            self._bar.update(int(amount) if float(amount).is_integer() else amount)
 
     def note(self, message: str) -> None:
         self._tqdm.write(f"  {message}", file=self._stream)
