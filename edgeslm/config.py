@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgeslm.errors import ConfigError
 
@@ -78,7 +78,11 @@ class ModelConfig(Settings):
     """One served model."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="name clients use in requests")
-    path: Path = Field(description="model folder (with model.toml) or a .onnx / .tflite file")
+    path: Path | None = Field(None, description="model folder (with model.toml) or a .onnx / .tflite file")
+    store: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="a model pulled into the model store (`edgeslm pull NAME`), instead of path; name defaults to it",
+    )
     runtime: Literal["auto", "onnx", "tflite"] = Field("auto", description="auto = by file extension")
     threads: int = Field(0, ge=0, le=64, description="intra-op threads; 0 = the runtime's default (all cores)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
@@ -94,6 +98,19 @@ class ModelConfig(Settings):
     verify_sha256: bool = Field(True, description="check the file against the card's sha256 at load")
     enabled: bool = Field(True, description="load this model at start-up")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_store(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("store") and "name" not in data:
+            return {**data, "name": data["store"]}
+        return data
+
+    @model_validator(mode="after")
+    def _path_or_store(self) -> ModelConfig:
+        if (self.path is None) == (self.store is None):
+            raise ValueError("give exactly one of path (a model folder or file) and store (a pulled model's name)")
+        return self
 
 
 def bundled_model_dir(name: str = "intents") -> Path:
@@ -113,6 +130,15 @@ def _default_models() -> list[ModelConfig]:
     return [ModelConfig(name="intents", path=bundled_model_dir("intents"))]
 
 
+class StoreConfig(Settings):
+    """Where `edgeslm pull` puts models and where `store = "NAME"` model entries are found."""
+
+    dir: Path | None = Field(
+        None, description="model store folder; default $STATE_DIRECTORY/models under systemd "
+        "(/var/lib/edgeslm/models), else ~/.local/share/edgeslm/models",
+    )
+
+
 class Config(Settings):
     """Everything the daemon reads at start-up."""
 
@@ -120,6 +146,7 @@ class Config(Settings):
     models: list[ModelConfig] = Field(default_factory=_default_models)
     gpio: GpioConfig = Field(default_factory=lambda: GpioConfig())
     voice: VoiceConfig = Field(default_factory=lambda: VoiceConfig())
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     @field_validator("models")
     @classmethod
@@ -130,6 +157,19 @@ class Config(Settings):
                 raise ValueError(f"model name {model.name!r} is used twice; names must be unique")
             seen.add(model.name)
         return models
+
+    @model_validator(mode="after")
+    def _place_store_models(self, info: ValidationInfo) -> Config:
+        # `store = "NAME"` entries serve the folder NAME of the model store; the store's default
+        # location depends on the environment ($STATE_DIRECTORY under systemd), passed as context.
+        if not any(m.store for m in self.models):
+            return self
+        from edgeslm.store.location import store_dir
+
+        env = (info.context or {}).get("env", os.environ)
+        root = store_dir(self.store.dir, env)
+        placed = [m.model_copy(update={"path": root / m.store}) if m.store else m for m in self.models]
+        return self.model_copy(update={"models": placed})
 
     @model_validator(mode="after")
     def _check_wiring(self) -> Config:
@@ -398,6 +438,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(table, dict) and isinstance(table.get(key), str):
             path = Path(table[key]).expanduser()
             table[key] = path if path.is_absolute() else base / path
+    store = data.get("store")
+    if isinstance(store, dict) and isinstance(store.get("dir"), str):
+        store_path = Path(store["dir"]).expanduser()
+        store["dir"] = store_path if store_path.is_absolute() else base / store_path
     return data
 
 
@@ -423,7 +467,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         data = _resolve_paths(data, Path(path).resolve().parent)
     data = _apply_env(data, env)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"env": env})
     except ValidationError as exc:
         lines = "\n  ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"bad configuration ({where}):\n  {lines}") from None

@@ -145,3 +145,31 @@ class VoiceUnavailableError(EdgeslmError):
     """The voice pipeline is not configured (no [[voice.intents]]) or failed to start."""
 
     code = "voice_unavailable"
+class StoreError(EdgeslmError):
+    """The model store could not do what was asked (pull, remove, find a model)."""
+
+    code = "store_error"
+
+
+class UnknownRecipeError(StoreError, LookupError):
+    """No recipe of that name is in the catalogue."""
+
+    code = "unknown_recipe"
+
+
+class NotPulledError(StoreError, LookupError):
+    """The model is in the catalogue but has not been pulled into this store."""
+
+    code = "not_pulled"
+
+
+class PullError(StoreError):
+    """Fetching, converting or checking a model failed; nothing was left in the store."""
+
+    code = "pull_failed"
+
+
+class QuantizeError(EdgeslmError):
+    """`edgeslm quantize` cannot quantize this model or read its reference inputs."""
+
+    code = "quantize_failed"

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "edgeslm.cli.serve",
     "edgeslm.cli.query",
     "edgeslm.cli.edge",
+    "edgeslm.cli.store",
+    "edgeslm.cli.quantize",
 )
 
 
