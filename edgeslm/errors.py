@@ -109,3 +109,15 @@ class DaemonUnreachableError(EdgeslmError, ConnectionError):
     """The CLI could not reach a daemon on the socket."""
 
     code = "daemon_unreachable"
+
+
+class SensorError(EdgeslmError):
+    """A power, temperature or throttling source is absent or gave a value that cannot be used."""
+
+    code = "sensor_unavailable"
+
+
+class MissingExtraError(EdgeslmError, ImportError):
+    """A command needs an optional extra that is not installed (the message names the pip command)."""
+
+    code = "missing_extra"

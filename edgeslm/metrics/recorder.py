@@ -1,0 +1,216 @@
+"""Request records: taken on the request path for almost nothing, given energy and written by a flush thread."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
+from edgeslm.core.batcher import Completion
+from edgeslm.metrics.energy import PowerTrace
+from edgeslm.metrics.files import JsonlWriter
+
+log = logging.getLogger(__name__)
+
+
+class RequestObserver(Protocol):
+    """What sees each finished request as it happens (the Prometheus counters)."""
+
+    def observe(self, model: str, status: str, total_s: float, completions: Sequence[Completion] | None) -> None: ...
+
+    def add_energy(self, model: str, joules: float) -> None: ...
+
+
+class RequestCall:
+    """One request to one model, from the handler's start to its answer.
+
+    The server opens it when it hands the request to a model, reports the batch completions
+    with `ran`, and `finish`es it with the status once the response is built.
+    """
+
+    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "completions",
+                 "chunk_rows", "finished")
+
+    def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
+                 request_id: str):
+        self.recorder = recorder
+        self.model, self.task, self.rows = model, task, rows
+        self.tokens_in, self.tokens_out = tokens_in, None
+        self.request_id = request_id
+        self.completions: Sequence[Completion] | None = None
+        self.chunk_rows: Sequence[int] = ()
+        self.finished = False
+
+    def ran(self, completions: Sequence[Completion], chunk_rows: Sequence[int]) -> None:
+        self.completions, self.chunk_rows = completions, chunk_rows
+
+    def finish(self, status: str, started_at: float) -> None:
+        """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
+        if not self.finished:
+            self.finished = True
+            self.recorder.finish(self, status, started_at)
+
+
+def iso_utc(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Recorder:
+    """Collects request and sample records and writes them every `flush_interval_s` on its own thread.
+
+    Energy per request: the power trace integrated over each batch's run window (the engine
+    call), shared among the batch's requests by rows: every row of a padded batch costs the
+    same compute. A request split into chunks sums its chunks. A record waits for the first
+    power sample after its batch ended (so the window is covered by measurements), at most
+    `energy_wait_s`; then it is written with what the trace has.
+    """
+
+    def __init__(self, writer: JsonlWriter | None, trace: PowerTrace, *, observer: RequestObserver | None = None,
+                 source_name: Callable[[], str] = lambda: "none", clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, flush_interval_s: float = 5.0,
+                 energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True):
+        self.writer = writer
+        self.trace = trace
+        self.observer = observer
+        self.source_name = source_name
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.flush_interval_s = flush_interval_s
+        self.energy_wait_s = energy_wait_s
+        self.max_pending = max_pending
+        self.waits_for_power = waits_for_power
+        self.in_flight = 0
+        self.last_finished = float("-inf")
+        self.overflowed = 0
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(3).hex()
+        self._pending: deque[tuple] = deque()
+        self._samples: deque[dict] = deque(maxlen=1000)
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: not written (disk) or not even queued (the writer fell behind)."""
+        return self.overflowed + (self.writer.dropped if self.writer is not None else 0)
+
+    # -- the request path (event loop thread) ------------------------------------------------------------------
+    def open(self, model: str, task: str, rows: int, tokens_in: int | None = None,
+             request_id: str | None = None) -> RequestCall:
+        self.in_flight += 1
+        if request_id is None or not (0 < len(request_id) <= 64 and request_id.isprintable()):
+            request_id = f"{self._id_prefix}-{next(self._ids)}"
+        return RequestCall(self, model, task, rows, tokens_in, request_id)
+
+    def finish(self, call: RequestCall, status: str, started_at: float) -> None:
+        now = self.clock()
+        self.in_flight -= 1
+        self.last_finished = now
+        if self.observer is not None:
+            self.observer.observe(call.model, status, now - started_at, call.completions)
+        if self.writer is None:
+            return
+        if len(self._pending) >= self.max_pending:
+            self.overflowed += 1
+            return
+        self._pending.append((self.wall_clock(), now, call, status, now - started_at))
+
+    def activity(self) -> tuple[int, float]:
+        return self.in_flight, self.last_finished
+
+    def add_sample(self, record: dict) -> None:
+        """A sampler summary; stamped now and written with the next flush."""
+        stamped = {"kind": "sample", "ts": iso_utc(self.wall_clock()), "mono_ns": int(self.clock() * 1e9)}
+        stamped.update(record)
+        self._samples.append(stamped)
+
+    # -- the flush thread --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None and self.writer is not None:
+            self._thread = threading.Thread(target=self._loop, name="metrics-writer", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("metrics flush failed; records kept for the next one")
+
+    def flush(self, *, final: bool = False) -> int:
+        """Write every record that is ready (all of them when `final`); returns how many were written."""
+        if self.writer is None:
+            return 0
+        with self._flush_lock:
+            lines = []
+            while self._samples:
+                lines.append(orjson.dumps(self._samples.popleft()))
+            covered = self.trace.last_t
+            give_up = self.clock() - self.energy_wait_s
+            while self._pending:
+                entry = self._pending[0]
+                ended = _last_end(entry[2])
+                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
+                if waiting and self.waits_for_power and not final:
+                    break
+                self._pending.popleft()
+                lines.append(orjson.dumps(self._request_record(*entry)))
+            ok = self.writer.write(lines)
+            return len(lines) if ok else 0
+
+    def _request_record(self, wall: float, mono: float, call: RequestCall, status: str, total_s: float) -> dict:
+        record = {"kind": "request", "ts": iso_utc(wall), "mono_ns": int(mono * 1e9), "id": call.request_id,
+                  "model": call.model, "task": call.task, "status": status, "rows": call.rows}
+        completions = [c for c in call.completions or () if c.batch_rows]
+        if completions:
+            record["batch"] = max(c.batch_rows for c in completions)
+            record["queue_ms"] = round(max(c.queue_s for c in completions) * 1e3, 3)
+            record["run_ms"] = round(sum(c.run_s for c in completions) * 1e3, 3)
+        record["total_ms"] = round(total_s * 1e3, 3)
+        if call.tokens_in is not None:
+            record["tokens_in"] = call.tokens_in
+        if call.tokens_out is not None:
+            record["tokens_out"] = call.tokens_out
+        joules = self._energy(call)
+        if joules is not None:
+            record["energy_j"] = round(joules, 6)
+            record["power_source"] = self.source_name()
+            if self.observer is not None:
+                self.observer.add_energy(call.model, joules)
+        return record
+
+    def _energy(self, call: RequestCall) -> float | None:
+        total = None
+        for completion, rows in zip(call.completions or (), call.chunk_rows):
+            if not completion.batch_rows:
+                continue
+            batch_j = self.trace.energy_j(completion.started_at, completion.finished_at)
+            if batch_j is None:
+                return None
+            total = (total or 0.0) + batch_j * rows / completion.batch_rows
+        return total
+
+    def close(self) -> None:
+        """Stop the flush thread and write everything still buffered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            self.flush(final=True)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _last_end(call: RequestCall) -> float | None:
+    ends = [c.finished_at for c in call.completions or () if c.batch_rows]
+    return max(ends) if ends else None
