@@ -36,7 +36,7 @@ class JsonlWriter:
     file is started, and the oldest files are deleted until all of them, with room for the
     new one to fill, fit in `budget_bytes`. If the folder cannot be created or written (disk
     full, read-only, quota, file-size limit), the chunk's records are dropped and counted,
-    a warning is logged once per outage, and the next chunk tries again.
+    a warning is logged (once: later outages only at debug level), and the next chunk tries again.
     """
 
     def __init__(self, folder: Path, *, rotate_bytes: int = 4 << 20, budget_bytes: int = 64 << 20,
@@ -54,6 +54,7 @@ class JsonlWriter:
         self._path: Path | None = None
         self._size = 0
         self._failing: str | None = None
+        self._outages = 0  # a disk that fills up flaps between full and not: only the first outage warns
 
     @property
     def path(self) -> Path | None:
@@ -76,7 +77,8 @@ class JsonlWriter:
         self.written_bytes += len(chunk)
         self.written_records += len(lines)
         if self._failing is not None:
-            log.info("metrics records are being written again to %s", self.folder)
+            log.log(logging.INFO if self._outages == 1 else logging.DEBUG,
+                    "metrics records are being written again to %s (%d dropped so far)", self.folder, self.dropped)
             self._failing = None
         return True
 
@@ -100,9 +102,11 @@ class JsonlWriter:
         self.dropped += count
         reason = f"{exc.strerror or exc} ({type(exc).__name__}, errno {exc.errno})"
         if self._failing is None:
-            log.warning("cannot write metrics records to %s: %s; dropping records (counted in /metrics as "
-                        "edgeslm_metrics_dropped_records_total), inference goes on. Free space or change "
-                        "metrics.dir / metrics.disk_budget_bytes", self.folder, reason)
+            self._outages += 1
+            level = logging.WARNING if self._outages == 1 else logging.DEBUG
+            log.log(level, "cannot write metrics records to %s: %s; dropping records (counted in /metrics as "
+                    "edgeslm_metrics_dropped_records_total), inference goes on. Free space or change "
+                    "metrics.dir / metrics.disk_budget_bytes", self.folder, reason)
         self._failing = reason
 
     def _rotate(self) -> None:

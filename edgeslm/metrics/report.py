@@ -39,10 +39,11 @@ def _times(walls: np.ndarray) -> list[datetime]:
     return [datetime.fromtimestamp(w, UTC) for w in walls]
 
 
-def _binned(walls: np.ndarray, values: np.ndarray, width: int, start: float, stat: Any) -> tuple[np.ndarray, ...]:
-    """Bin centres and `stat(values)` per bin (NaN where a bin is empty)."""
+def _binned(walls: np.ndarray, values: np.ndarray, width: int, start: float, end: float,
+            stat: Any) -> tuple[np.ndarray, ...]:
+    """Centres of the bins from start to end, and `stat(values)` per bin (NaN where a bin is empty)."""
     index = ((walls - start) // width).astype(int)
-    count = int(index.max()) + 1 if index.size else 0
+    count = int((end - start) // width) + 1
     centres = start + (np.arange(count) + 0.5) * width
     out = np.full(count, np.nan)
     for i in np.unique(index):
@@ -78,17 +79,17 @@ def draw(stats: dict, records: list[dict]) -> bytes:
         if ok:
             w = np.array([r["_wall"] for r in ok])
             ms = np.array([r["total_ms"] for r in ok])
-            centres, p50 = _binned(w, ms, width, start, lambda v: np.percentile(v, 50))
-            _, p95 = _binned(w, ms, width, start, lambda v: np.percentile(v, 95))
+            centres, p50 = _binned(w, ms, width, start, end, lambda v: np.percentile(v, 50))
+            _, p95 = _binned(w, ms, width, start, end, lambda v: np.percentile(v, 95))
             lat.plot(_times(centres), p50, color=color, lw=2, marker="o", ms=3, label=f"{model} p50")
             lat.plot(_times(centres), p95, color=color, lw=1.2, ls="--", label=f"{model} p95")
         w = np.array([r["_wall"] for r in rs])
-        centres, counts = _binned(w, np.ones(len(rs)), width, start, np.sum)
+        centres, counts = _binned(w, np.ones(len(rs)), width, start, end, np.sum)
         thr.plot(_times(centres), np.nan_to_num(counts) / width, color=color, lw=2, drawstyle="steps-mid",
                  label=model)
         bad = [r["_wall"] for r in rs if r.get("status") != "ok"]
         if bad:
-            centres, errs = _binned(np.array(bad), np.ones(len(bad)), width, start, np.sum)
+            centres, errs = _binned(np.array(bad), np.ones(len(bad)), width, start, end, np.sum)
             thr.bar(_times(centres), errs / width, width=width / 86400 * 0.8, color="#d62728", alpha=0.6,
                     label=f"{model} errors")
     lat.set_ylabel("latency (ms)")
@@ -104,7 +105,7 @@ def draw(stats: dict, records: list[dict]) -> bytes:
     for ax in (lat, thr, pwr):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize=8, ncols=4, framealpha=0.8)
+            ax.legend(loc="best", fontsize=8, ncols=4, framealpha=0.8)
         ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(dates.AutoDateLocator()))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
