@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections import deque
 
 
 class PowerTrace:
@@ -12,12 +12,14 @@ class PowerTrace:
     That is exact for counter sources (RAPL, the CPU-load estimate), whose reading is the mean
     since the previous one, and a fair reading of instantaneous meters sampled often. Before the
     first sample the first value holds; after the last, the last. Times are in the sampler's
-    clock (time.monotonic in the daemon, the same clock as the batcher's completions).
+    clock (time.monotonic in the daemon, the same clock as the batcher's completions). The
+    newest `keep` samples (at least) are kept.
     """
 
     def __init__(self, keep: int = 4096):
-        self._times: deque[float] = deque(maxlen=keep)
-        self._watts: deque[float] = deque(maxlen=keep)
+        self.keep = keep
+        self._times: list[float] = []
+        self._watts: list[float] = []
         self._lock = threading.Lock()
 
     def add(self, t: float, watts: float) -> None:
@@ -26,6 +28,8 @@ class PowerTrace:
                 return
             self._times.append(t)
             self._watts.append(watts)
+            if len(self._times) > 2 * self.keep:
+                del self._times[: -self.keep], self._watts[: -self.keep]
 
     @property
     def last_t(self) -> float | None:
@@ -33,24 +37,23 @@ class PowerTrace:
 
     def energy_j(self, start: float, end: float) -> float | None:
         """Joules drawn over [start, end], or None with no sample yet."""
-        if end <= start:
-            return 0.0 if self._times else None
         with self._lock:
             times, watts = self._times, self._watts
             if not times:
                 return None
-            total = 0.0
-            if end > times[-1]:
-                total += watts[-1] * (end - max(start, times[-1]))
-            i = len(times) - 1
-            while i >= 0:
-                hi = times[i]
-                lo = times[i - 1] if i > 0 else float("-inf")
-                if lo < end and hi > start:
-                    total += watts[i] * (min(end, hi) - max(start, lo))
-                if lo <= start:
-                    break
-                i -= 1
+            if end <= start:
+                return 0.0
+            # Sample i covers (times[i-1], times[i]]; the first covers all before it, the last all after.
+            i = bisect.bisect_left(times, start)
+            total, lo = 0.0, start
+            while i < len(times) and lo < end:
+                hi = min(times[i], end)
+                if hi > lo:
+                    total += watts[i] * (hi - lo)
+                    lo = hi
+                i += 1
+            if lo < end:
+                total += watts[-1] * (end - lo)
             return total
 
     def mean_w(self, start: float, end: float) -> float | None:

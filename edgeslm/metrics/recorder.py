@@ -7,9 +7,8 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import orjson
@@ -17,16 +16,17 @@ import orjson
 from edgeslm.core.batcher import Completion
 from edgeslm.metrics.energy import PowerTrace
 from edgeslm.metrics.files import JsonlWriter
+from edgeslm.metrics.prom import Finished
 
 log = logging.getLogger(__name__)
 
 
 class RequestObserver(Protocol):
-    """What sees each finished request as it happens (the Prometheus counters)."""
+    """What counts finished requests (the Prometheus metrics), in batches."""
 
-    def observe(self, model: str, status: str, total_s: float, completions: Sequence[Completion] | None) -> None: ...
+    def observe_many(self, finished: Sequence[Finished]) -> None: ...
 
-    def add_energy(self, model: str, joules: float) -> None: ...
+    def add_energy(self, joules_by_model: Mapping[str, float]) -> None: ...
 
 
 class RequestCall:
@@ -59,12 +59,29 @@ class RequestCall:
             self.recorder.finish(self, status, started_at)
 
 
-def iso_utc(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+class IsoStamp:
+    """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._prefix = ""
+
+    def __call__(self, wall: float) -> str:
+        second = int(wall)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((wall - second) * 1000):03d}Z"
+
+
+def _ms(seconds: float) -> float:
+    return int(seconds * 1e6 + 0.5) / 1000  # to the microsecond, and short in JSON
 
 
 class Recorder:
-    """Collects request and sample records and writes them every `flush_interval_s` on its own thread.
+    """Collects request and sample records; a flush thread counts and writes them every `flush_interval_s`.
+
+    The request path only appends to a queue. `absorb` moves queued requests into the
+    counters (the flush thread and every scrape call it); `flush` writes the records.
 
     Energy per request: the power trace integrated over each batch's run window (the engine
     call), shared among the batch's requests by rows: every row of a padded batch costs the
@@ -74,7 +91,7 @@ class Recorder:
     """
 
     def __init__(self, writer: JsonlWriter | None, trace: PowerTrace, *, observer: RequestObserver | None = None,
-                 source_name: Callable[[], str] = lambda: "none", clock: Callable[[], float] = time.monotonic,
+                 source_name: str = "none", clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, flush_interval_s: float = 5.0,
                  energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True):
         self.writer = writer
@@ -92,15 +109,18 @@ class Recorder:
         self.overflowed = 0
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
-        self._pending: deque[tuple] = deque()
+        self._stamp = IsoStamp()
+        self._finished: deque[tuple] = deque()  # (wall, mono, call, status, total_s), not yet counted
+        self._pending: deque[tuple] = deque()  # counted, not yet written
         self._samples: deque[dict] = deque(maxlen=1000)
+        self._absorb_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def dropped(self) -> int:
-        """Records lost: not written (disk) or not even queued (the writer fell behind)."""
+        """Records lost: not written (disk) or not even queued (the flush thread fell behind)."""
         return self.overflowed + (self.writer.dropped if self.writer is not None else 0)
 
     # -- the request path (event loop thread) ------------------------------------------------------------------
@@ -115,27 +135,36 @@ class Recorder:
         now = self.clock()
         self.in_flight -= 1
         self.last_finished = now
-        if self.observer is not None:
-            self.observer.observe(call.model, status, now - started_at, call.completions)
-        if self.writer is None:
-            return
-        if len(self._pending) >= self.max_pending:
+        if len(self._finished) >= self.max_pending:
             self.overflowed += 1
             return
-        self._pending.append((self.wall_clock(), now, call, status, now - started_at))
+        self._finished.append((self.wall_clock(), now, call, status, now - started_at))
 
     def activity(self) -> tuple[int, float]:
         return self.in_flight, self.last_finished
 
     def add_sample(self, record: dict) -> None:
         """A sampler summary; stamped now and written with the next flush."""
-        stamped = {"kind": "sample", "ts": iso_utc(self.wall_clock()), "mono_ns": int(self.clock() * 1e9)}
+        stamped = {"kind": "sample", "ts": self._stamp(self.wall_clock()), "mono_ns": int(self.clock() * 1e9)}
         stamped.update(record)
         self._samples.append(stamped)
 
-    # -- the flush thread --------------------------------------------------------------------------------------
+    # -- the flush thread (and scrapes) ------------------------------------------------------------------------
+    def absorb(self) -> None:
+        """Count the requests finished since the last call; queue their records for writing."""
+        with self._absorb_lock:
+            taken = []
+            while self._finished:
+                taken.append(self._finished.popleft())
+            if not taken:
+                return
+            if self.observer is not None:
+                self.observer.observe_many([(e[2].model, e[3], e[4], e[2].completions) for e in taken])
+            if self.writer is not None:
+                self._pending.extend(taken)
+
     def start(self) -> None:
-        if self._thread is None and self.writer is not None:
+        if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="metrics-writer", daemon=True)
             self._thread.start()
 
@@ -148,6 +177,7 @@ class Recorder:
 
     def flush(self, *, final: bool = False) -> int:
         """Write every record that is ready (all of them when `final`); returns how many were written."""
+        self.absorb()
         if self.writer is None:
             return 0
         with self._flush_lock:
@@ -156,36 +186,40 @@ class Recorder:
                 lines.append(orjson.dumps(self._samples.popleft()))
             covered = self.trace.last_t
             give_up = self.clock() - self.energy_wait_s
+            energy: dict[str, float] = defaultdict(float)
             while self._pending:
-                entry = self._pending[0]
-                ended = _last_end(entry[2])
-                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
+                wall, mono, call, status, total_s = self._pending[0]
+                ended = _last_end(call)
+                waiting = ended is not None and (covered is None or covered < ended) and mono > give_up
                 if waiting and self.waits_for_power and not final:
                     break
                 self._pending.popleft()
-                lines.append(orjson.dumps(self._request_record(*entry)))
+                record = self._request_record(wall, mono, call, status, total_s)
+                if "energy_j" in record:
+                    energy[call.model] += record["energy_j"]
+                lines.append(orjson.dumps(record))
+            if energy and self.observer is not None:
+                self.observer.add_energy(energy)
             ok = self.writer.write(lines)
             return len(lines) if ok else 0
 
     def _request_record(self, wall: float, mono: float, call: RequestCall, status: str, total_s: float) -> dict:
-        record = {"kind": "request", "ts": iso_utc(wall), "mono_ns": int(mono * 1e9), "id": call.request_id,
+        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": call.request_id,
                   "model": call.model, "task": call.task, "status": status, "rows": call.rows}
         completions = [c for c in call.completions or () if c.batch_rows]
         if completions:
             record["batch"] = max(c.batch_rows for c in completions)
-            record["queue_ms"] = round(max(c.queue_s for c in completions) * 1e3, 3)
-            record["run_ms"] = round(sum(c.run_s for c in completions) * 1e3, 3)
-        record["total_ms"] = round(total_s * 1e3, 3)
+            record["queue_ms"] = _ms(max(c.started_at - c.enqueued_at for c in completions))
+            record["run_ms"] = _ms(sum(c.finished_at - c.started_at for c in completions))
+        record["total_ms"] = _ms(total_s)
         if call.tokens_in is not None:
             record["tokens_in"] = call.tokens_in
         if call.tokens_out is not None:
             record["tokens_out"] = call.tokens_out
         joules = self._energy(call)
         if joules is not None:
-            record["energy_j"] = round(joules, 6)
-            record["power_source"] = self.source_name()
-            if self.observer is not None:
-                self.observer.add_energy(call.model, joules)
+            record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
+            record["power_source"] = self.source_name
         return record
 
     def _energy(self, call: RequestCall) -> float | None:

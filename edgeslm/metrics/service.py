@@ -57,13 +57,16 @@ class Metrics:
         self.writer = JsonlWriter(self.folder, rotate_bytes=config.rotate_bytes,
                                   budget_bytes=config.disk_budget_bytes, compress=config.compress_rotated,
                                   wall_clock=wall_clock)
-        self.prom = PromMetrics(queue_depths=queue_depths, live=self.live)
-        self.recorder = Recorder(self.writer, self.trace, observer=self.prom, source_name=self._source_name,
+        self.prom = PromMetrics(queue_depths=queue_depths, live=self.live, refresh=self._absorb)
+        self.recorder = Recorder(self.writer, self.trace, observer=self.prom, source_name=self._source_name(),
                                  clock=clock, wall_clock=wall_clock, flush_interval_s=config.flush_interval_s,
                                  energy_wait_s=2 / config.sample_hz + 1, waits_for_power=power is not None)
         self.sampler = Sampler(power, sensors or Sensors.detect(config.hw_root, run), self.trace,
                                emit=self.recorder.add_sample, activity=self.recorder.activity, clock=clock,
                                sample_hz=config.sample_hz, record_interval_s=config.record_interval_s)
+
+    def _absorb(self) -> None:
+        self.recorder.absorb()
 
     def _source_name(self) -> str:
         return self.power.name if self.power is not None else "none"

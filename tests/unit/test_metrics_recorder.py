@@ -38,7 +38,7 @@ def test_trace_integrates_a_step_function_and_holds_its_ends():
 @pytest.fixture
 def recorder(tmp_path, clock):
     trace = PowerTrace()
-    rec = Recorder(JsonlWriter(tmp_path), trace, source_name=lambda: "fake", clock=clock, wall_clock=lambda: 1.8e9,
+    rec = Recorder(JsonlWriter(tmp_path), trace, source_name="fake", clock=clock, wall_clock=lambda: 1.8e9,
                    energy_wait_s=3.0)
     yield rec, trace
     rec.close()
