@@ -75,17 +75,30 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int) -> dict:
         for i in range(rounds):
             order = (("on", on_sock), ("off", off_sock)) if i % 2 == 0 else (("off", off_sock), ("on", on_sock))
             for name, sock in order:
-                results[name].append(run_load(str(sock), requests, clients=clients, seconds=seconds, warmup_s=1.0))
-                print(f"  round {i + 1} {name:<3} {results[name][-1]['rps']:8.0f} req/s  "
-                      f"p50 {results[name][-1]['p50_ms']:.2f} ms", flush=True)
+                pid = (on if name == "on" else off).pid
+                run_load(str(sock), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
+                cpu0 = cpu_seconds(pid)
+                run = run_load(str(sock), requests, clients=clients, seconds=seconds, warmup_s=0)
+                # CPU the daemon used per request: steadier than req/s on a machine shared with other work.
+                run["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(1, run["requests"])
+                results[name].append(run)
+                print(f"  round {i + 1} {name:<3} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                      f"daemon CPU {run['cpu_us_per_request']:6.1f} us/request", flush=True)
     finally:
         stop(on)
         stop(off)
     med = {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+    cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in results.items()}
     pair_ratios = [a["rps"] / b["rps"] for a, b in zip(results["on"], results["off"])]
     return {"clients": clients, "rounds": rounds, "seconds": seconds, "median_rps": med,
             "ratio_of_medians": med["on"] / med["off"], "median_pair_ratio": statistics.median(pair_ratios),
-            "runs": results}
+            "median_cpu_us_per_request": cpu, "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -143,6 +156,9 @@ def main() -> int:
         print(f"\nmedian req/s: on {o['median_rps']['on']:.0f}, off {o['median_rps']['off']:.0f}; "
               f"ratio on/off {o['ratio_of_medians']:.3f} (median of per-round ratios "
               f"{o['median_pair_ratio']:.3f}); target >= 0.97")
+        print(f"median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
+              f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
+              f"{o['cpu_ratio']:.3f}")
         if not args.skip_bytes:
             print(f"\nbytes written: idle, then 10 req/s, {args.bytes_seconds:g} s each (default [metrics])")
             report["bytes"] = b = bytes_per_hour(Path(tmp), args.bytes_seconds, 10.0)

@@ -6,6 +6,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,15 +14,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
-from edgeslm.core.batcher import Completion
 from edgeslm.hw.sensors import THROTTLE_FLAGS, THROTTLE_NOW_MASK
+
+if TYPE_CHECKING:
+    from edgeslm.metrics.recorder import FinishedRequest
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-# (model, status, seconds from the handler's start to the answer, the batch completions or None)
-Finished = tuple[str, str, float, Sequence[Completion] | None]
 
 
 @dataclass(frozen=True)
@@ -87,22 +88,20 @@ class PromMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
 
-    def observe_many(self, finished: Sequence[Finished]) -> None:
+    def observe_many(self, finished: Sequence[FinishedRequest]) -> None:
         values: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name, _, _ in _HISTOGRAMS}
         latency, queue, run, size = (values[name] for name, _, _ in _HISTOGRAMS)
         with self._lock:
-            for model, status, total_s, completions in finished:
+            for _, _, model, _, status, _, total_s, _, _, _, batches in finished:
                 self.requests[model, status] += 1
                 latency[model].append(total_s)
-                for c in completions or ():
-                    if not c.batch_rows:
-                        continue
-                    queue[model].append(c.started_at - c.enqueued_at)
+                for enqueued, started, ended, batch_rows, _ in batches:
+                    queue[model].append(started - enqueued)
                     # The requests of one batch share its start time: count each batch once.
-                    if self._last_batch.get(model) != c.started_at:
-                        self._last_batch[model] = c.started_at
-                        run[model].append(c.finished_at - c.started_at)
-                        size[model].append(c.batch_rows)
+                    if self._last_batch.get(model) != started:
+                        self._last_batch[model] = started
+                        run[model].append(ended - started)
+                        size[model].append(batch_rows)
             for (name, _, bounds), by_model in zip(_HISTOGRAMS, values.values()):
                 for model, batch in by_model.items():
                     self.histograms[name].setdefault(model, _Histogram(bounds)).add(batch)

@@ -16,15 +16,24 @@ import orjson
 from edgeslm.core.batcher import Completion
 from edgeslm.metrics.energy import PowerTrace
 from edgeslm.metrics.files import JsonlWriter
-from edgeslm.metrics.prom import Finished
 
 log = logging.getLogger(__name__)
+
+# One engine call a request took part in: (enqueued_at, started_at, finished_at, batch_rows, the request's rows).
+Batch = tuple[float, float, float, int, int]
+
+
+# A request as queued for counting and writing: (wall, mono, model, task, status, rows, total_s, tokens_in,
+# tokens_out, request id (a client's string, or our serial number), batches). A plain tuple of numbers and
+# strings: cheap to make, and the garbage collector stops tracking it, so thousands queued cost no GC time.
+FinishedRequest = tuple[float, float, str, str, str, int, float, int | None, int | None, str | int,
+                        tuple[Batch, ...]]
 
 
 class RequestObserver(Protocol):
     """What counts finished requests (the Prometheus metrics), in batches."""
 
-    def observe_many(self, finished: Sequence[Finished]) -> None: ...
+    def observe_many(self, finished: Sequence[FinishedRequest]) -> None: ...
 
     def add_energy(self, joules_by_model: Mapping[str, float]) -> None: ...
 
@@ -36,21 +45,22 @@ class RequestCall:
     with `ran`, and `finish`es it with the status once the response is built.
     """
 
-    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "completions",
-                 "chunk_rows", "finished")
+    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "batches", "finished")
 
     def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
-                 request_id: str):
+                 request_id: str | int):
         self.recorder = recorder
         self.model, self.task, self.rows = model, task, rows
-        self.tokens_in, self.tokens_out = tokens_in, None
+        self.tokens_in: int | None = tokens_in
+        self.tokens_out: int | None = None
         self.request_id = request_id
-        self.completions: Sequence[Completion] | None = None
-        self.chunk_rows: Sequence[int] = ()
+        self.batches: tuple[Batch, ...] = ()
         self.finished = False
 
     def ran(self, completions: Sequence[Completion], chunk_rows: Sequence[int]) -> None:
-        self.completions, self.chunk_rows = completions, chunk_rows
+        """The completions of the request's chunks (one per chunk) and each chunk's rows."""
+        self.batches = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, rows)
+                              for c, rows in zip(completions, chunk_rows) if c.batch_rows])
 
     def finish(self, status: str, started_at: float) -> None:
         """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
@@ -110,8 +120,8 @@ class Recorder:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self._stamp = IsoStamp()
-        self._finished: deque[tuple] = deque()  # (wall, mono, call, status, total_s), not yet counted
-        self._pending: deque[tuple] = deque()  # counted, not yet written
+        self._finished: deque[FinishedRequest] = deque()  # not yet counted
+        self._pending: deque[FinishedRequest] = deque()  # counted, not yet written
         self._samples: deque[dict] = deque(maxlen=1000)
         self._absorb_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -128,7 +138,7 @@ class Recorder:
              request_id: str | None = None) -> RequestCall:
         self.in_flight += 1
         if request_id is None or not (0 < len(request_id) <= 64 and request_id.isprintable()):
-            request_id = f"{self._id_prefix}-{next(self._ids)}"
+            return RequestCall(self, model, task, rows, tokens_in, next(self._ids))
         return RequestCall(self, model, task, rows, tokens_in, request_id)
 
     def finish(self, call: RequestCall, status: str, started_at: float) -> None:
@@ -138,7 +148,8 @@ class Recorder:
         if len(self._finished) >= self.max_pending:
             self.overflowed += 1
             return
-        self._finished.append((self.wall_clock(), now, call, status, now - started_at))
+        self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
+                               call.tokens_in, call.tokens_out, call.request_id, call.batches))
 
     def activity(self) -> tuple[int, float]:
         return self.in_flight, self.last_finished
@@ -159,7 +170,7 @@ class Recorder:
             if not taken:
                 return
             if self.observer is not None:
-                self.observer.observe_many([(e[2].model, e[3], e[4], e[2].completions) for e in taken])
+                self.observer.observe_many(taken)
             if self.writer is not None:
                 self._pending.extend(taken)
 
@@ -188,49 +199,54 @@ class Recorder:
             give_up = self.clock() - self.energy_wait_s
             energy: dict[str, float] = defaultdict(float)
             while self._pending:
-                wall, mono, call, status, total_s = self._pending[0]
-                ended = _last_end(call)
-                waiting = ended is not None and (covered is None or covered < ended) and mono > give_up
+                entry = self._pending[0]
+                batches = entry[10]
+                ended = batches[-1][2] if batches else None  # chunks run in order: the last ends last
+                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
                 if waiting and self.waits_for_power and not final:
                     break
                 self._pending.popleft()
-                record = self._request_record(wall, mono, call, status, total_s)
+                record = self._request_record(entry)
                 if "energy_j" in record:
-                    energy[call.model] += record["energy_j"]
+                    energy[record["model"]] += record["energy_j"]
                 lines.append(orjson.dumps(record))
             if energy and self.observer is not None:
                 self.observer.add_energy(energy)
             ok = self.writer.write(lines)
             return len(lines) if ok else 0
 
-    def _request_record(self, wall: float, mono: float, call: RequestCall, status: str, total_s: float) -> dict:
-        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": call.request_id,
-                  "model": call.model, "task": call.task, "status": status, "rows": call.rows}
-        completions = [c for c in call.completions or () if c.batch_rows]
-        if completions:
-            record["batch"] = max(c.batch_rows for c in completions)
-            record["queue_ms"] = _ms(max(c.started_at - c.enqueued_at for c in completions))
-            record["run_ms"] = _ms(sum(c.finished_at - c.started_at for c in completions))
+    def _request_record(self, entry: FinishedRequest) -> dict:
+        wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id, batches = entry
+        if isinstance(request_id, int):
+            request_id = f"{self._id_prefix}-{request_id}"
+        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": request_id,
+                  "model": model, "task": task, "status": status, "rows": rows}
+        if len(batches) == 1:
+            enqueued, started, ended, record["batch"], _ = batches[0]
+            record["queue_ms"], record["run_ms"] = _ms(started - enqueued), _ms(ended - started)
+        elif batches:
+            record["batch"] = max(b[3] for b in batches)
+            record["queue_ms"] = _ms(max(b[1] - b[0] for b in batches))
+            record["run_ms"] = _ms(sum(b[2] - b[1] for b in batches))
         record["total_ms"] = _ms(total_s)
-        if call.tokens_in is not None:
-            record["tokens_in"] = call.tokens_in
-        if call.tokens_out is not None:
-            record["tokens_out"] = call.tokens_out
-        joules = self._energy(call)
+        if tokens_in is not None:
+            record["tokens_in"] = tokens_in
+        if tokens_out is not None:
+            record["tokens_out"] = tokens_out
+        joules = self._energy(batches)
         if joules is not None:
             record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
             record["power_source"] = self.source_name
         return record
 
-    def _energy(self, call: RequestCall) -> float | None:
+    def _energy(self, batches: tuple[Batch, ...]) -> float | None:
+        """The request's share (its rows of the batch's rows) of each batch's energy, summed."""
         total = None
-        for completion, rows in zip(call.completions or (), call.chunk_rows):
-            if not completion.batch_rows:
-                continue
-            batch_j = self.trace.energy_j(completion.started_at, completion.finished_at)
+        for _, started, finished, batch_rows, rows in batches:
+            batch_j = self.trace.energy_j(started, finished)
             if batch_j is None:
                 return None
-            total = (total or 0.0) + batch_j * rows / completion.batch_rows
+            total = (total or 0.0) + batch_j * rows / batch_rows
         return total
 
     def close(self) -> None:
@@ -244,7 +260,3 @@ class Recorder:
             if self.writer is not None:
                 self.writer.close()
 
-
-def _last_end(call: RequestCall) -> float | None:
-    ends = [c.finished_at for c in call.completions or () if c.batch_rows]
-    return max(ends) if ends else None

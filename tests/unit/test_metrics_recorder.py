@@ -112,11 +112,15 @@ def test_queue_overflow_is_counted_as_dropped(tmp_path, clock):
     rec.close()
 
 
-def test_client_request_ids_are_kept_when_sane(recorder):
+def test_client_request_ids_are_kept_when_sane(recorder, tmp_path):
     rec, _ = recorder
-    assert rec.open("m", "t", 1, request_id="abc-123").request_id == "abc-123"
-    generated = rec.open("m", "t", 1, request_id="x" * 100).request_id
-    assert generated != "x" * 100 and generated.endswith("-1")
+    for given in ("abc-123", "x" * 100, None):
+        rec.open("m", "t", 1, request_id=given).finish("ok", 0.0)
+    rec.flush(final=True)
+    ids = [r["id"] for r in read_records(tmp_path)]
+    assert ids[0] == "abc-123"
+    prefix = ids[1].split("-")[0]
+    assert ids[1:] == [f"{prefix}-1", f"{prefix}-2"] and len(prefix) == 6
 
 
 class Bits(ThrottleState):
