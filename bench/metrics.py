@@ -146,20 +146,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per run (default 5)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
-    parser.add_argument("--skip-bytes", action="store_true")
+    parser.add_argument("--only", choices=["overhead", "bytes"], help="run one of the two measurements")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     report: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-metrics-") as tmp:
-        print(f"metrics on vs off, {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s each")
-        report["overhead"] = o = overhead(Path(tmp), args.rounds, args.seconds, args.clients)
-        print(f"\nmedian req/s: on {o['median_rps']['on']:.0f}, off {o['median_rps']['off']:.0f}; "
-              f"ratio on/off {o['ratio_of_medians']:.3f} (median of per-round ratios "
-              f"{o['median_pair_ratio']:.3f}); target >= 0.97")
-        print(f"median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
-              f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
-              f"{o['cpu_ratio']:.3f}")
-        if not args.skip_bytes:
+        if args.only != "bytes":
+            print(f"metrics on vs off, {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s each")
+            report["overhead"] = o = overhead(Path(tmp), args.rounds, args.seconds, args.clients)
+            print(f"\nmedian req/s: on {o['median_rps']['on']:.0f}, off {o['median_rps']['off']:.0f}; "
+                  f"ratio on/off {o['ratio_of_medians']:.3f} (median of per-round ratios "
+                  f"{o['median_pair_ratio']:.3f}); target >= 0.97")
+            print(f"median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
+                  f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
+                  f"{o['cpu_ratio']:.3f}")
+        if args.only != "overhead":
             print(f"\nbytes written: idle, then 10 req/s, {args.bytes_seconds:g} s each (default [metrics])")
             report["bytes"] = b = bytes_per_hour(Path(tmp), args.bytes_seconds, 10.0)
             for phase, d in b.items():

@@ -97,13 +97,15 @@ class Recorder:
     call), shared among the batch's requests by rows: every row of a padded batch costs the
     same compute. A request split into chunks sums its chunks. A record waits for the first
     power sample after its batch ended (so the window is covered by measurements), at most
-    `energy_wait_s`; then it is written with what the trace has.
+    `energy_wait_s`; then it is written with what the trace has. With no request to write,
+    sample records are held until `idle_write_s` has passed since the last write.
     """
 
     def __init__(self, writer: JsonlWriter | None, trace: PowerTrace, *, observer: RequestObserver | None = None,
                  source_name: str = "none", clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, flush_interval_s: float = 5.0,
-                 energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True):
+                 energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True,
+                 idle_write_s: float = 60.0):
         self.writer = writer
         self.trace = trace
         self.observer = observer
@@ -114,6 +116,8 @@ class Recorder:
         self.energy_wait_s = energy_wait_s
         self.max_pending = max_pending
         self.waits_for_power = waits_for_power
+        self.idle_write_s = idle_write_s
+        self._last_write = float("-inf")
         self.in_flight = 0
         self.last_finished = float("-inf")
         self.overflowed = 0
@@ -193,7 +197,9 @@ class Recorder:
             return 0
         with self._flush_lock:
             lines = []
-            while self._samples:
+            # Sample records alone (an idle daemon) wait for a minute's worth: each write dirties a whole page.
+            idle = not self._pending and self.clock() - self._last_write < self.idle_write_s
+            while self._samples and not (idle and not final):
                 lines.append(orjson.dumps(self._samples.popleft()))
             covered = self.trace.last_t
             give_up = self.clock() - self.energy_wait_s
@@ -212,6 +218,8 @@ class Recorder:
                 lines.append(orjson.dumps(record))
             if energy and self.observer is not None:
                 self.observer.add_energy(energy)
+            if lines:
+                self._last_write = self.clock()
             ok = self.writer.write(lines)
             return len(lines) if ok else 0
 

@@ -186,3 +186,19 @@ def test_sampler_thread_starts_and_stops(clock):
         time.sleep(0.01)
     sampler.stop()
     assert emitted and emitted[0]["n"] >= 3
+
+
+def test_an_idle_daemon_writes_samples_once_a_minute(recorder, tmp_path, clock):
+    rec, _ = recorder
+    rec.add_sample({"w": 1.0})
+    assert rec.flush() == 1  # the first write goes at once
+    for second in (10, 20, 30):
+        clock.now = second
+        rec.add_sample({"w": 2.0})
+        assert rec.flush() == 0  # held: each write would dirty a page of the SD card
+    clock.now = 61
+    assert rec.flush() == 3
+    rec.add_sample({"w": 3.0})
+    rec.open("m", "t", 1).finish("ok", 60.0)
+    assert rec.flush() == 2  # a request to write takes the samples along
+    assert [r["kind"] for r in read_records(tmp_path)] == ["sample"] * 5 + ["request"]
