@@ -12,6 +12,7 @@ help:
 	@echo "make test    run the test suite (unit + integration on real runtimes and a real socket)"
 	@echo "make bench   benchmark the bare engines against the daemon over the socket"
 	@echo "make system  slow system tier (see tests/system)"
+	@echo "make bench-metrics  metrics on vs off at 32 clients, and record bytes per hour idle and at 10 req/s"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/classify.py $(ARGS)
+
+.PHONY: bench-metrics
+bench-metrics: $(VENV)/.dev-installed
+	$(BIN)/python bench/metrics.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache

@@ -86,19 +86,6 @@ def test_real_requests_leave_records_on_disk(tmp_path):
     assert overall["j_per_inference"] is not None
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tiny tmpfs ({done.stderr.strip() or 'not root'}); "
-                    "tests/unit/test_metrics_files.py covers a full disk with RLIMIT_FSIZE")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_full_disk_drops_records_but_every_request_is_answered(tmp_path, tiny_fs):
     (tiny_fs / "filler").write_bytes(b"f" * (60 * 1024))  # leaves about one page for records
     daemon = Daemon(tmp_path, config(tiny_fs / "metrics", flush_s=0.1)).start()

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import orjson
-import pytest
 
 from edgeslm.metrics.files import JsonlWriter, read_records, record_files
 
@@ -91,20 +90,6 @@ def test_unwritable_folder_drops_counts_and_warns_once(tmp_path, caplog):
         assert not writer.write(lines(3, 2))
     assert writer.dropped == 5
     assert caplog.text.count("cannot write metrics records") == 1
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 64 KiB tmpfs: a real full disk. Needs root and mount(2); skipped (saying so) otherwise."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=64", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tiny tmpfs here ({done.stderr.strip() or 'not root'}); "
-                    "the RLIMIT_FSIZE test covers the full-disk path instead")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_tmpfs_drops_whole_chunks_never_tears_a_line_and_recovers(tiny_fs, caplog):
