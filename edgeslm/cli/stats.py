@@ -63,8 +63,12 @@ def _table(rows: list[list[str]]) -> str:
 def _request_row(name: str, s: dict) -> list[str]:
     rate = f"{s['error_rate'] * 100:.1f}%" if s["error_rate"] is not None else "-"
     return [name, str(s["requests"]), rate, _fmt(s["throughput_rps"], ".2f"), _fmt(s["p50_ms"], ".2f"),
-            _fmt(s["p95_ms"], ".2f"), _fmt(s["p99_ms"], ".2f"), _fmt(s["j_per_inference"], ".4f"),
-            _fmt(s["marginal_j_per_inference"], ".4f")]
+            _fmt(s["p95_ms"], ".2f"), _fmt(s["p99_ms"], ".2f"), _mj(s["j_per_inference"]),
+            _mj(s["marginal_j_per_inference"])]
+
+
+def _mj(joules: float | None) -> str:
+    return "-" if joules is None else f"{joules * 1000:.3g}"
 
 
 def render(stats: dict) -> str:
@@ -72,7 +76,7 @@ def render(stats: dict) -> str:
     hours = window["seconds"] / 3600
     lines = [f"edgeslm stats: {window['from'] or '-'} .. {window['to']} ({hours:.2f} h) from {stats['dir']}"
              + (f", {stats['bad_lines']} torn line(s) skipped" if stats.get("bad_lines") else ""), ""]
-    header = ["MODEL", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P95 MS", "P99 MS", "J/INF", "MARGINAL J/INF"]
+    header = ["MODEL", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P95 MS", "P99 MS", "mJ/INF", "MARGINAL mJ/INF"]
     rows = [header] + [_request_row(name, s) for name, s in stats["models"].items()]
     if len(stats["models"]) != 1:
         rows.append(_request_row("(all)", stats["overall"]))
@@ -83,17 +87,18 @@ def render(stats: dict) -> str:
     p = stats["power"]
     source = ", ".join(p["sources"]) or "no samples"
     estimated = " (an estimate from CPU load, not a measurement)" if "estimated" in p["sources"] else ""
+    hottest = f"hottest {p['max_temp_c']:.1f} C" if p["max_temp_c"] is not None else "no temperature sensor"
     lines.append(f"power: {source}{estimated}; mean {_fmt(p['mean_w'], '.2f')} W, idle {_fmt(p['idle_w'], '.2f')} W, "
-                 f"peak {_fmt(p['max_w'], '.2f')} W; hottest {_fmt(p['max_temp_c'], '.1f')} C"
+                 f"peak {_fmt(p['max_w'], '.2f')} W; {hottest}"
                  + (f"; supply down to {p['min_supply_v']:.2f} V" if p["min_supply_v"] is not None else ""))
     t = p["throttling"]
     boot = f" (since boot: {', '.join(t['since_boot'])})" if t["since_boot"] else ""
     lines.append(f"throttling: {t['episodes']} episode(s), {', '.join(t['flags'])}{boot}" if t["episodes"]
                  else f"throttling: none{boot}")
-    lines.append("J/INF is energy per inference (one text or row); MARGINAL subtracts the idle power over the run.")
+    lines.append("mJ/INF: millijoules per inference (one text or row); MARGINAL subtracts the idle power over the run.")
     if stats["hours"]:
         lines += ["", "per hour (UTC)"]
-        rows = [["HOUR", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P95 MS", "P99 MS", "J/INF", "MEAN W", "MAX C",
+        rows = [["HOUR", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P95 MS", "P99 MS", "mJ/INF", "MEAN W", "MAX C",
                  "THROTTLED"]]
         for h in stats["hours"]:
             row = _request_row(h["hour"][:13].replace("T", " ") + ":00", h)[:8]

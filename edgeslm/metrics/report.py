@@ -68,8 +68,9 @@ def draw(stats: dict, records: list[dict]) -> bytes:
     thr = fig.add_subplot(grid[1], sharex=lat)
     pwr = fig.add_subplot(grid[2], sharex=lat)
     bars = fig.add_subplot(grid[3])
-    window = stats["window"]
-    fig.suptitle(f"edgeslm  {window['from'] or ''} .. {window['to'] or ''} (UTC)", fontsize=13, fontweight="bold")
+    first, last = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    tail = last.strftime("%H:%M:%S" if first.date() == last.date() else "%Y-%m-%d %H:%M:%S")
+    fig.suptitle(f"edgeslm, {first:%Y-%m-%d %H:%M:%S} to {tail} UTC", fontsize=13, fontweight="bold")
 
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in requests:
@@ -99,14 +100,24 @@ def draw(stats: dict, records: list[dict]) -> bytes:
         lat.set_yscale("log")
     thr.set_ylabel("requests / s")
     thr.set_title("Throughput", loc="left")
-    thr.set_ylim(bottom=0)
+    rates = [y for line in thr.get_lines() for y in line.get_ydata() if y > 0]
+    if rates and max(rates) > 30 * min(rates):  # a burst would flatten the quiet hours to zero
+        thr.set_yscale("log")
+        thr.set_ylim(bottom=min(rates) / 2)
+    else:
+        thr.set_ylim(bottom=0)
     _power_panel(pwr, samples, stats)
     _energy_panel(bars, stats)
+    span_s = end - start
+    shape = "%H:%M:%S" if span_s < 3600 else "%H:%M" if span_s < 2 * 86400 else "%m-%d %H:%M"
     for ax in (lat, thr, pwr):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8, ncols=4, framealpha=0.8)
-        ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(dates.AutoDateLocator()))
+        ax.xaxis.set_major_formatter(dates.DateFormatter(shape, tz=UTC))
+    lat.tick_params(labelbottom=False)
+    thr.tick_params(labelbottom=False)
+    pwr.set_xlabel("time (UTC)")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -39,31 +39,32 @@ def _round(value: float | None, digits: int) -> float | None:
 
 def summarise_requests(requests: list[dict], seconds: float, idle_w: float | None) -> dict:
     """Counts, error rate and throughput over all requests; latency and energy over the successful ones."""
-    ok = [r for r in requests if r.get("status") == "ok"]
-    statuses: dict[str, int] = defaultdict(int)
-    for r in requests:
-        statuses[r.get("status", "?")] += 1
-    latency = np.array([r["total_ms"] for r in ok if "total_ms" in r], dtype=float)
+    statuses = Counter(r.get("status", "?") for r in requests)
+    nan = float("nan")
+    # One row per request: ok, total_ms, rows, batch rows, run_ms, energy_j (NaN where absent).
+    table = np.array([(r.get("status") == "ok", r.get("total_ms", nan), r.get("rows", 1), r.get("batch") or 1,
+                       r.get("run_ms", 0.0), r.get("energy_j", nan)) for r in requests], dtype=float).reshape(-1, 6)
+    ok = table[table[:, 0] == 1]
+    latency = ok[:, 1][~np.isnan(ok[:, 1])]
     p50, p95, p99 = np.percentile(latency, [50, 95, 99]) if latency.size else (None, None, None)
-    rows = sum(r.get("rows", 1) for r in ok)
-    with_energy = [r for r in ok if "energy_j" in r]
-    energy_rows = sum(r.get("rows", 1) for r in with_energy)
-    energy = sum(r["energy_j"] for r in with_energy)
+    with_energy = ok[~np.isnan(ok[:, 5])]
+    energy_rows = with_energy[:, 2].sum()
+    energy = with_energy[:, 5].sum()
     j_per = energy / energy_rows if energy_rows else None
     marginal = None
     if energy_rows and idle_w is not None:
-        idle_j = sum(idle_w * r.get("run_ms", 0) / 1000 * r.get("rows", 1) / max(r.get("batch", 1), 1)
-                     for r in with_energy)
+        idle_j = (idle_w * with_energy[:, 4] / 1000 * with_energy[:, 2] / with_energy[:, 3]).sum()
         marginal = (energy - idle_j) / energy_rows
+    n, n_ok, rows = len(requests), len(ok), int(ok[:, 2].sum())
     return {
-        "requests": len(requests), "ok": len(ok), "errors": len(requests) - len(ok),
-        "error_rate": _round((len(requests) - len(ok)) / len(requests), 4) if requests else None,
+        "requests": n, "ok": n_ok, "errors": n - n_ok,
+        "error_rate": _round((n - n_ok) / n, 4) if n else None,
         "statuses": dict(sorted(statuses.items())),
         "inferences": rows,
-        "throughput_rps": _round(len(requests) / seconds, 3) if seconds > 0 else None,
+        "throughput_rps": _round(n / seconds, 3) if seconds > 0 else None,
         "inferences_per_s": _round(rows / seconds, 3) if seconds > 0 else None,
         "p50_ms": _round(p50, 3), "p95_ms": _round(p95, 3), "p99_ms": _round(p99, 3),
-        "energy_j": _round(energy, 6) if with_energy else None,
+        "energy_j": _round(energy, 6) if len(with_energy) else None,
         "j_per_inference": _round(j_per, 6),
         "marginal_j_per_inference": _round(marginal, 6),
     }

@@ -80,9 +80,9 @@ def test_cli_stats_json_and_table(log_dir, capsys):
     assert stats["overall"]["requests"] == 160 and stats["bad_lines"] == 0 and stats["files"] >= 2
     assert main(["stats", "--dir", str(folder), "--model", "b"]) == 0
     text = capsys.readouterr().out
-    assert "MODEL" in text and "P99 MS" in text and "MARGINAL J/INF" in text
+    assert "MODEL" in text and "P99 MS" in text and "MARGINAL mJ/INF" in text
     row = next(line for line in text.splitlines() if line.startswith("b "))
-    assert row.split()[:3] == ["b", "50", "0.0%"]
+    assert row.split()[:3] == ["b", "50", "0.0%"] and row.split()[-2:] == ["50", "40"]  # mJ per inference
     assert "throttling: 2 episode(s), soft_temp_limit, throttled, under_voltage (since boot: under_voltage)" in text
     assert "per hour (UTC)" in text and "idle 2.00 W" in text
 
