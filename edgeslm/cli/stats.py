@@ -16,6 +16,14 @@ def find_metrics_dir(explicit: Path | None, config_path: Path | None) -> Path:
     from edgeslm.metrics.files import record_files
     from edgeslm.metrics.service import SYSTEM_DIR, metrics_dir
 
+    def has_records(folder: Path) -> bool:
+        try:
+            return bool(record_files(folder))
+        except PermissionError:
+            return True  # there is something; reading it will say how to get access
+        except OSError:
+            return False
+
     if explicit is not None:
         return explicit
     try:
@@ -25,17 +33,17 @@ def find_metrics_dir(explicit: Path | None, config_path: Path | None) -> Path:
             raise
         config = MetricsConfig()
     folder = metrics_dir(config)
-    if config.dir is None and not record_files(folder) and record_files(SYSTEM_DIR):
+    if config.dir is None and not has_records(folder) and has_records(SYSTEM_DIR):
         return SYSTEM_DIR
     return folder
 
 
 def load_stats(args: argparse.Namespace) -> tuple[dict, Path, list[dict]]:
-    from edgeslm.metrics.files import read_records, record_files
+    from edgeslm.metrics.files import read_records, readable_record_files
     from edgeslm.metrics.stats import compute_stats, parse_since
 
     folder = find_metrics_dir(args.dir, args.config)
-    if not record_files(folder):
+    if not readable_record_files(folder):
         raise EdgeslmError(f"no metrics records in {folder}; start the daemon (metrics are on by default) or "
                            "point --dir at the folder (under systemd: /var/log/edgeslm)", code="no_records")
     now = time.time()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import orjson
 
+from edgeslm.errors import EdgeslmError
+
 log = logging.getLogger(__name__)
 
 # metrics-000042-20250101T120000Z.jsonl[.gz]: the sequence number orders files, the stamp is for people.
@@ -20,12 +22,27 @@ FILE_NAME = re.compile(r"^metrics-(\d{6,})-\d{8}T\d{6}Z\.jsonl(\.gz)?$")
 
 
 def record_files(folder: Path) -> list[Path]:
-    """Record files in `folder`, oldest first."""
+    """Record files in `folder`, oldest first; [] if there is no such folder (other OSErrors propagate)."""
     try:
         found = [(int(m.group(1)), p) for p in Path(folder).iterdir() if (m := FILE_NAME.match(p.name))]
-    except OSError:
+    except FileNotFoundError:
         return []
     return [p for _, p in sorted(found)]
+
+
+def _denied(path: Path) -> EdgeslmError:
+    return EdgeslmError(f"cannot read {path}: permission denied; run as the daemon's user, with sudo, or join the "
+                        "group that owns the folder", code="permission_denied")
+
+
+def readable_record_files(folder: Path) -> list[Path]:
+    """record_files for readers: a folder they may not list is an EdgeslmError that says what to do."""
+    try:
+        return record_files(folder)
+    except PermissionError:
+        raise _denied(folder) from None
+    except OSError as exc:
+        raise EdgeslmError(f"cannot list {folder}: {exc.strerror or exc}", code="unreadable") from None
 
 
 class JsonlWriter:
@@ -173,6 +190,8 @@ def read_lines(path: Path) -> Iterator[bytes]:
     try:
         with opener(path, "rb") as fh:
             yield from fh
+    except PermissionError:
+        raise _denied(path) from None
     except (OSError, EOFError) as exc:  # a gzip cut short by a full disk still yields what it had
         log.warning("stopped reading %s early: %s", path, exc)
 
@@ -184,7 +203,7 @@ def read_records(folder: Path, *, since_wall: float | None = None, kinds: Sequen
     counts = stats if stats is not None else {}
     counts.setdefault("bad_lines", 0)
     counts.setdefault("files", 0)
-    for path in record_files(folder):
+    for path in readable_record_files(folder):
         try:
             if since_wall is not None and path.stat().st_mtime < since_wall:
                 continue

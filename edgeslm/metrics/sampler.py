@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from edgeslm.errors import SensorError
 from edgeslm.hw.commands import CommandRunner, run_command
@@ -16,6 +17,7 @@ from edgeslm.hw.sensors import CpuFrequency, CpuUsage, ThermalZones, ThrottleSta
 from edgeslm.metrics.energy import PowerTrace
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -49,7 +51,7 @@ class Sensors:
             usage.read_fraction()
         except SensorError as exc:
             log.info("no CPU utilisation: %s", exc)
-            usage = None  # type: ignore[assignment]
+            return cls(ThermalZones(root), CpuFrequency(root), None, probe_throttle(root, run))
         return cls(ThermalZones(root), CpuFrequency(root), usage, probe_throttle(root, run))
 
 
@@ -88,7 +90,7 @@ class Sampler:
     def source_name(self) -> str:
         return self.power.name if self.power is not None else "none"
 
-    def _guard(self, what: str, read: Callable[[], object]) -> object:
+    def _guard(self, what: str, read: Callable[[], T]) -> T | None:
         try:
             value = read()
         except (SensorError, OSError) as exc:
@@ -108,20 +110,18 @@ class Sampler:
         if self.power is not None:
             power = self._guard(f"power ({self.power.name})", self.power.read)
             if power is not None:
-                reading.watts = power.watts  # type: ignore[attr-defined]
-                reading.channels = dict(power.channels)  # type: ignore[attr-defined]
-                reading.supply_v = power.supply_v  # type: ignore[attr-defined]
-                self.trace.add(now, reading.watts)
+                reading.watts, reading.channels, reading.supply_v = power.watts, dict(power.channels), power.supply_v
+                self.trace.add(now, power.watts)
         sensors = self.sensors
         if sensors.thermal is not None:
             reading.temp_c = sensors.thermal.read_celsius()
         if sensors.frequency is not None:
             reading.mhz = sensors.frequency.read_mhz()
         if sensors.usage is not None:
-            reading.cpu = self._guard("CPU utilisation", sensors.usage.read_fraction)  # type: ignore[assignment]
+            reading.cpu = self._guard("CPU utilisation", sensors.usage.read_fraction)
         if sensors.throttle is not None and now - self._throttle_at >= self.throttle_interval_s:
             self._throttle_at = now
-            self._throttled = self._guard("throttling state", sensors.throttle.read_bits)  # type: ignore[assignment]
+            self._throttled = self._guard("throttling state", sensors.throttle.read_bits)
         reading.throttled = self._throttled
         in_flight, last_finished = self.activity()
         reading.idle = in_flight == 0 and last_finished <= self.latest.t

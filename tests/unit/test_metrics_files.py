@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 
 from edgeslm.metrics.files import JsonlWriter, read_records, record_files
 
@@ -141,3 +143,18 @@ def test_file_size_limit_in_a_subprocess(tmp_path):
     assert sum(f.stat().st_size for f in files) <= 3000
     stats: dict[str, int] = {}
     assert len(list(read_records(tmp_path / "m", stats=stats))) == result["written"] and stats["bad_lines"] == 0
+
+
+def test_unreadable_records_say_how_to_get_access(tmp_path):
+    """As an unprivileged user (setpriv), a 0600 root file is refused with advice, not skipped silently."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to read as another user")
+    folder = tmp_path / "logs"
+    JsonlWriter(folder).write(lines(0, 1))
+    os.chmod(tmp_path, 0o755)
+    os.chmod(folder, 0o755)
+    script = f"from edgeslm.cli import main; raise SystemExit(main(['stats', '--dir', {str(folder)!r}]))"
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                           script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "permission denied; run as the daemon's user, with sudo" in done.stderr
