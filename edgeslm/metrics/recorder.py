@@ -9,7 +9,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -57,10 +57,16 @@ class RequestCall:
         self.batches: tuple[Batch, ...] = ()
         self.finished = False
 
-    def ran(self, completions: Sequence[Completion], chunk_rows: Sequence[int]) -> None:
-        """The completions of the request's chunks (one per chunk) and each chunk's rows."""
-        self.batches = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, rows)
-                              for c, rows in zip(completions, chunk_rows) if c.batch_rows])
+    def ran(self, completions: Sequence[Completion], chunks: Sequence[Mapping[str, Any]]) -> None:
+        """The completions of the request's chunks (its feeds, split at max_batch rows), one per chunk."""
+        if len(completions) == 1:
+            c = completions[0]
+            if c.batch_rows:
+                self.batches = ((c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, self.rows),)
+            return
+        rows = [len(next(iter(chunk.values()))) for chunk in chunks]
+        self.batches = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, n)
+                              for c, n in zip(completions, rows) if c.batch_rows])
 
     def finish(self, status: str, started_at: float) -> None:
         """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
@@ -81,10 +87,6 @@ class IsoStamp:
         if second != self._second:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((wall - second) * 1000):03d}Z"
-
-
-def _ms(seconds: float) -> float:
-    return int(seconds * 1e6 + 0.5) / 1000  # to the microsecond, and short in JSON
 
 
 class Recorder:
@@ -225,18 +227,21 @@ class Recorder:
 
     def _request_record(self, entry: FinishedRequest) -> dict:
         wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id, batches = entry
-        if isinstance(request_id, int):
-            request_id = f"{self._id_prefix}-{request_id}"
-        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": request_id,
+        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
+                  "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
                   "model": model, "task": task, "status": status, "rows": rows}
-        if len(batches) == 1:
-            enqueued, started, ended, record["batch"], _ = batches[0]
-            record["queue_ms"], record["run_ms"] = _ms(started - enqueued), _ms(ended - started)
-        elif batches:
-            record["batch"] = max(b[3] for b in batches)
-            record["queue_ms"] = _ms(max(b[1] - b[0] for b in batches))
-            record["run_ms"] = _ms(sum(b[2] - b[1] for b in batches))
-        record["total_ms"] = _ms(total_s)
+        if batches:
+            if len(batches) == 1:
+                (enqueued, started, ended, batch_rows, _), = batches
+                queue_s, run_s = started - enqueued, ended - started
+            else:
+                batch_rows = max(b[3] for b in batches)
+                queue_s, run_s = max(b[1] - b[0] for b in batches), sum(b[2] - b[1] for b in batches)
+            # Milliseconds to the microsecond: short in JSON.
+            record["batch"] = batch_rows
+            record["queue_ms"] = int(queue_s * 1e6 + 0.5) / 1000
+            record["run_ms"] = int(run_s * 1e6 + 0.5) / 1000
+        record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
         if tokens_in is not None:
             record["tokens_in"] = tokens_in
         if tokens_out is not None:

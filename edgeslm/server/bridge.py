@@ -173,6 +173,14 @@ async def _watch_disconnect(receive: Callable[[], Awaitable[dict]], future: asyn
     _fail(future, CancelledError("client disconnected"))
 
 
+def _request_id(scope: dict) -> str | None:
+    # The raw header list: a miss through request.headers costs a KeyError per request.
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return None
+
+
 class ModelCaller:
     """Submits requests to batchers from the event loop and awaits them without blocking it.
 
@@ -204,7 +212,7 @@ class ModelCaller:
         call = None
         if self.recorder is not None:
             rows = next(iter(feeds.values())).shape[0]
-            call = self.recorder.open(model.name, task, rows, tokens_in, request.headers.get("x-request-id"))
+            call = self.recorder.open(model.name, task, rows, tokens_in, _request_id(request.scope))
             request.scope[CALL_KEY] = call
         self._loop_thread = threading.get_ident()
         self.active += 1
@@ -230,7 +238,7 @@ class ModelCaller:
                 await self._wait(loop, waiting, tickets, request, model, timeout_s)
             completions = [f.result() for f in futures]
             if call is not None:
-                call.ran(completions, [next(iter(chunk.values())).shape[0] for chunk in chunks])
+                call.ran(completions, chunks)
         finally:
             self.active -= 1
         for completion in completions:

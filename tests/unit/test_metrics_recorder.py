@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pytest
 
 from edgeslm.core.batcher import Completion
@@ -18,6 +19,10 @@ from edgeslm.metrics.sampler import Sampler, Sensors
 
 def completion(start: float, end: float, batch_rows: int, batch_requests: int = 1) -> Completion:
     return Completion({}, None, batch_rows, batch_requests, start - 0.001, start, end)
+
+
+def feeds(rows: int) -> dict[str, np.ndarray]:
+    return {"input_ids": np.zeros((rows, 3), dtype=np.int64)}
 
 
 def test_trace_integrates_a_step_function_and_holds_its_ends():
@@ -52,9 +57,9 @@ def test_batch_energy_is_shared_by_rows_and_chunks_add_up(recorder, tmp_path, cl
     a = rec.open("m", "classify", 1, tokens_in=4, request_id="a")
     b = rec.open("m", "classify", 3, tokens_in=12)
     big = rec.open("m", "embed", 5)
-    a.ran([completion(10.0, 12.0, 4, 2)], [1])
-    b.ran([completion(10.0, 12.0, 4, 2)], [3])
-    big.ran([completion(12.0, 12.2, 4), completion(12.2, 12.4, 2, 2)], [4, 1])  # two chunks
+    a.ran([completion(10.0, 12.0, 4, 2)], [feeds(1)])
+    b.ran([completion(10.0, 12.0, 4, 2)], [feeds(3)])
+    big.ran([completion(12.0, 12.2, 4), completion(12.2, 12.4, 2, 2)], [feeds(4), feeds(1)])  # two chunks
     for call in (a, b, big):
         call.finish("ok", 9.5)
     assert rec.flush() == 3
@@ -75,14 +80,14 @@ def test_a_record_waits_for_a_sample_after_its_batch_then_gives_up(recorder, tmp
     trace.add(1.0, 2.0)
     clock.now = 2.0
     call = rec.open("m", "classify", 1)
-    call.ran([completion(1.5, 1.9, 1)], [1])
+    call.ran([completion(1.5, 1.9, 1)], [feeds(1)])
     call.finish("ok", 1.4)
     assert rec.flush() == 0  # the power after 1.0 s is not known yet
     trace.add(2.0, 4.0)
     assert rec.flush() == 1
     assert next(read_records(tmp_path))["energy_j"] == pytest.approx(0.4 * 4.0)
     late = rec.open("m", "classify", 1)
-    late.ran([completion(2.5, 2.6, 1)], [1])
+    late.ran([completion(2.5, 2.6, 1)], [feeds(1)])
     late.finish("ok", 2.4)
     clock.now = 4.0
     assert rec.flush() == 0
