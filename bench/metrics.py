@@ -101,6 +101,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def recording_cost(workdir: Path, n: int = 20000, repeats: int = 5) -> dict:
+    """CPU microseconds per request that recording adds, in-process: the request path (open, ran, finish on
+    the event loop) and the flush thread (count, build, serialise, write). Medians of `repeats`."""
+    from edgeslm.core.batcher import Completion
+    from edgeslm.metrics.energy import PowerTrace
+    from edgeslm.metrics.files import JsonlWriter
+    from edgeslm.metrics.prom import PromMetrics
+    from edgeslm.metrics.recorder import Recorder
+
+    trace = PowerTrace()
+    for i in range(600):
+        trace.add(i * 0.01, 3.0)
+    done = [Completion({}, None, 8, 8, 1.0, 1.0002, 1.0012)]
+    chunks = [{}]
+    path_us, flush_us = [], []
+    for i in range(repeats):
+        recorder = Recorder(JsonlWriter(workdir / f"cost-{i}"), trace, observer=PromMetrics(), source_name="rapl")
+        started = time.process_time()
+        for _ in range(n):
+            call = recorder.open("intents", "classify", 1, 7, None)
+            call.ran(done, chunks)
+            call.finish("ok", 0.999)
+        path_us.append((time.process_time() - started) * 1e6 / n)
+        started = time.process_time()
+        recorder.flush(final=True)
+        flush_us.append((time.process_time() - started) * 1e6 / n)
+        recorder.close()
+    return {"request_path_us": statistics.median(path_us), "flush_us": statistics.median(flush_us)}
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("metrics-*")) if folder.exists() else 0
 
@@ -160,6 +190,9 @@ def main() -> int:
             print(f"median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
                   f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
                   f"{o['cpu_ratio']:.3f}")
+            report["recording_cost"] = c = recording_cost(Path(tmp))
+            print(f"recording in-process: {c['request_path_us']:.2f} us CPU on the request path + "
+                  f"{c['flush_us']:.2f} us in the flush thread per request")
         if args.only != "overhead":
             print(f"\nbytes written: idle, then 10 req/s, {args.bytes_seconds:g} s each (default [metrics])")
             report["bytes"] = b = bytes_per_hour(Path(tmp), args.bytes_seconds, 10.0)

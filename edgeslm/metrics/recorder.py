@@ -78,15 +78,17 @@ class RequestCall:
 class IsoStamp:
     """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second."""
 
+    _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
     def __init__(self) -> None:
         self._second: int | None = None
         self._prefix = ""
 
     def __call__(self, wall: float) -> str:
-        second = int(wall)
+        second, ms = divmod(int(wall * 1000), 1000)
         if second != self._second:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((wall - second) * 1000):03d}Z"
+        return self._prefix + self._MILLIS[ms]
 
 
 class Recorder:
@@ -206,6 +208,7 @@ class Recorder:
             covered = self.trace.last_t
             give_up = self.clock() - self.energy_wait_s
             energy: dict[str, float] = defaultdict(float)
+            batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
             while self._pending:
                 entry = self._pending[0]
                 batches = entry[10]
@@ -214,9 +217,9 @@ class Recorder:
                 if waiting and self.waits_for_power and not final:
                     break
                 self._pending.popleft()
-                record = self._request_record(entry)
+                record = self._request_record(entry, batch_j)
                 if "energy_j" in record:
-                    energy[record["model"]] += record["energy_j"]
+                    energy[entry[2]] += record["energy_j"]
                 lines.append(orjson.dumps(record))
             if energy and self.observer is not None:
                 self.observer.add_energy(energy)
@@ -225,7 +228,7 @@ class Recorder:
             ok = self.writer.write(lines)
             return len(lines) if ok else 0
 
-    def _request_record(self, entry: FinishedRequest) -> dict:
+    def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
         wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id, batches = entry
         record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
                   "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
@@ -246,20 +249,22 @@ class Recorder:
             record["tokens_in"] = tokens_in
         if tokens_out is not None:
             record["tokens_out"] = tokens_out
-        joules = self._energy(batches)
+        joules = self._energy(batches, batch_j)
         if joules is not None:
             record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
             record["power_source"] = self.source_name
         return record
 
-    def _energy(self, batches: tuple[Batch, ...]) -> float | None:
+    def _energy(self, batches: tuple[Batch, ...], batch_j: dict[tuple[float, float], float | None]) -> float | None:
         """The request's share (its rows of the batch's rows) of each batch's energy, summed."""
         total = None
         for _, started, finished, batch_rows, rows in batches:
-            batch_j = self.trace.energy_j(started, finished)
-            if batch_j is None:
+            window = (started, finished)
+            joules = batch_j[window] if window in batch_j else batch_j.setdefault(
+                window, self.trace.energy_j(started, finished))
+            if joules is None:
                 return None
-            total = (total or 0.0) + batch_j * rows / batch_rows
+            total = (total or 0.0) + joules * rows / batch_rows
         return total
 
     def close(self) -> None:
