@@ -109,7 +109,7 @@ class Recorder:
                  source_name: str = "none", clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, flush_interval_s: float = 5.0,
                  energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True,
-                 idle_write_s: float = 60.0):
+                 idle_write_s: float = 60.0, prepare_interval_s: float = 0.5):
         self.writer = writer
         self.trace = trace
         self.observer = observer
@@ -121,6 +121,8 @@ class Recorder:
         self.max_pending = max_pending
         self.waits_for_power = waits_for_power
         self.idle_write_s = idle_write_s
+        self.prepare_interval_s = prepare_interval_s
+        self._lines: list[bytes] = []  # serialised, not yet written
         self._last_write = float("-inf")
         self.in_flight = 0
         self.last_finished = float("-inf")
@@ -188,27 +190,35 @@ class Recorder:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        # Records are serialised in small steps and written every flush_interval_s: short bursts keep the
+        # event loop from waiting on the GIL behind thousands of records at once.
+        step_s = min(self.flush_interval_s, self.prepare_interval_s)
+        write_at = self.clock() + self.flush_interval_s
+        while not self._stop.wait(step_s):
             try:
-                self.flush()
+                self.prepare()
+                if self.clock() >= write_at:
+                    write_at = self.clock() + self.flush_interval_s
+                    self.write()
             except Exception:
                 log.exception("metrics flush failed; records kept for the next one")
 
     def flush(self, *, final: bool = False) -> int:
         """Write every record that is ready (all of them when `final`); returns how many were written."""
+        self.prepare(final=final)
+        return self.write(final=final)
+
+    def prepare(self, *, final: bool = False) -> None:
+        """Count finished requests and serialise the records whose energy is known (all when `final`)."""
         self.absorb()
         if self.writer is None:
-            return 0
+            return
         with self._flush_lock:
-            lines = []
-            # Sample records alone (an idle daemon) wait for a minute's worth: each write dirties a whole page.
-            idle = not self._pending and self.clock() - self._last_write < self.idle_write_s
-            while self._samples and not (idle and not final):
-                lines.append(orjson.dumps(self._samples.popleft()))
             covered = self.trace.last_t
             give_up = self.clock() - self.energy_wait_s
             energy: dict[str, float] = defaultdict(float)
             batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
+            lines = self._lines
             while self._pending:
                 entry = self._pending[0]
                 batches = entry[10]
@@ -221,8 +231,23 @@ class Recorder:
                 if "energy_j" in record:
                     energy[entry[2]] += record["energy_j"]
                 lines.append(orjson.dumps(record))
+                if len(lines) % 256 == 0 and not final:
+                    time.sleep(0)  # hand the GIL to the event loop between slices
             if energy and self.observer is not None:
                 self.observer.add_energy(energy)
+
+    def write(self, *, final: bool = False) -> int:
+        """Append the serialised records (and the sample records) to the file; returns how many were written."""
+        if self.writer is None:
+            return 0
+        with self._flush_lock:
+            lines, self._lines = self._lines, []
+            # Sample records alone (an idle daemon) wait for a minute's worth: each write dirties a whole page.
+            idle = not lines and self.clock() - self._last_write < self.idle_write_s
+            samples = []
+            while self._samples and not (idle and not final):
+                samples.append(orjson.dumps(self._samples.popleft()))
+            lines = samples + lines
             if lines:
                 self._last_write = self.clock()
             ok = self.writer.write(lines)
