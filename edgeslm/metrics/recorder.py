@@ -16,19 +16,9 @@ import orjson
 from edgeslm.core.batcher import Completion
 from edgeslm.metrics.energy import PowerTrace
 from edgeslm.metrics.files import JsonlWriter
+from edgeslm.metrics.finished import Batch, FinishedRequest, batches_of
 
 log = logging.getLogger(__name__)
-
-# One engine call a request took part in: (enqueued_at, started_at, finished_at, batch_rows, the request's rows).
-Batch = tuple[float, float, float, int, int]
-
-
-# A request as queued for counting and writing: (wall, mono, model, task, status, rows, total_s, tokens_in,
-# tokens_out, request id (a client's string, or our serial number), batches). A plain tuple of numbers and
-# strings: cheap to make, and the garbage collector stops tracking it, so thousands queued cost no GC time.
-FinishedRequest = tuple[float, float, str, str, str, int, float, int | None, int | None, str | int,
-                        tuple[Batch, ...]]
-
 
 class RequestObserver(Protocol):
     """What counts finished requests (the Prometheus metrics), in batches."""
@@ -45,7 +35,8 @@ class RequestCall:
     with `ran`, and `finish`es it with the status once the response is built.
     """
 
-    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "batches", "finished")
+    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "enqueued", "started",
+                 "ended", "batch_rows", "more", "finished")
 
     def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
                  request_id: str | int):
@@ -54,19 +45,20 @@ class RequestCall:
         self.tokens_in: int | None = tokens_in
         self.tokens_out: int | None = None
         self.request_id = request_id
-        self.batches: tuple[Batch, ...] = ()
+        self.enqueued = self.started = self.ended = 0.0
+        self.batch_rows = 0
+        self.more: tuple[Batch, ...] | None = None
         self.finished = False
 
     def ran(self, completions: Sequence[Completion], chunks: Sequence[Mapping[str, Any]]) -> None:
         """The completions of the request's chunks (its feeds, split at max_batch rows), one per chunk."""
-        if len(completions) == 1:
-            c = completions[0]
-            if c.batch_rows:
-                self.batches = ((c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, self.rows),)
-            return
-        rows = [len(next(iter(chunk.values()))) for chunk in chunks]
-        self.batches = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, n)
-                              for c, n in zip(completions, rows) if c.batch_rows])
+        c = completions[-1]
+        self.enqueued, self.started, self.ended, self.batch_rows = (c.enqueued_at, c.started_at, c.finished_at,
+                                                                    c.batch_rows)
+        if len(completions) > 1:
+            rows = [len(next(iter(chunk.values()))) for chunk in chunks]
+            self.more = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, n)
+                               for c, n in zip(completions, rows) if c.batch_rows])
 
     def finish(self, status: str, started_at: float) -> None:
         """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
@@ -159,7 +151,8 @@ class Recorder:
             self.overflowed += 1
             return
         self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
-                               call.tokens_in, call.tokens_out, call.request_id, call.batches))
+                               call.tokens_in, call.tokens_out, call.request_id, call.enqueued, call.started,
+                               call.ended, call.batch_rows, call.more))
 
     def activity(self) -> tuple[int, float]:
         return self.in_flight, self.last_finished
@@ -221,8 +214,7 @@ class Recorder:
             lines = self._lines
             while self._pending:
                 entry = self._pending[0]
-                batches = entry[10]
-                ended = batches[-1][2] if batches else None  # chunks run in order: the last ends last
+                ended = entry[12] if entry[13] else None  # chunks run in order: the last ends last
                 waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
                 if waiting and self.waits_for_power and not final:
                     break
@@ -254,7 +246,8 @@ class Recorder:
             return len(lines) if ok else 0
 
     def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
-        wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id, batches = entry
+        wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id = entry[:10]
+        batches = batches_of(entry)
         record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
                   "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
                   "model": model, "task": task, "status": status, "rows": rows}
