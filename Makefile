@@ -14,6 +14,7 @@ help:
 	@echo "make bench   benchmark the bare engines against the daemon over the socket"
 	@echo "make bench-voice  voice command accuracy over espeak-ng voices and press-to-action latency by stage"
 	@echo "make system  slow system tier (see tests/system)"
+	@echo "make bench-metrics  metrics on vs off at 32 clients, and record bytes per hour idle and at 10 req/s"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,9 @@ bench: $(VENV)/.dev-installed
 
 bench-voice: $(VENV)/.dev-installed
 	$(BIN)/python bench/voice.py $(ARGS)
+.PHONY: bench-metrics
+bench-metrics: $(VENV)/.dev-installed
+	$(BIN)/python bench/metrics.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,6 +140,58 @@ class StoreConfig(Settings):
     )
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _parse_size(value: Any) -> Any:
+    # Sizes may be written as bytes (4194304) or with a unit ("4MiB", "500 kB").
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{value!r} is not a size; write bytes or e.g. \"4MiB\", \"500kB\", \"1GB\"")
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return value
+
+
+class MetricsConfig(Settings):
+    """Request and power records on disk, and GET /metrics."""
+
+    enabled: bool = Field(True, description="record requests, sample power and serve GET /metrics; false turns "
+                          "all three off")
+    dir: Path | None = Field(None, description="folder for the JSONL records; default $LOGS_DIRECTORY when systemd "
+                             "sets it (LogsDirectory=), else ./run/metrics")
+    flush_interval_s: float = Field(5.0, ge=0.1, le=3600, description="buffered records are written this often "
+                                    "and at shutdown (one write per flush, never an fsync per request)")
+    rotate_bytes: int = Field(4 * 1024**2, ge=4096, description='start a new file past this size ("4MiB" works)')
+    disk_budget_bytes: int = Field(64 * 1024**2, ge=8192, description="all record files together stay under this; "
+                                   'the oldest go first ("64MiB" works)')
+    compress_rotated: bool = Field(False, description="gzip each file once it is rotated (keeps more history in "
+                                   "the budget for a little CPU)")
+    sample_hz: float = Field(1.0, gt=0, le=50, description="how often power, temperature, CPU clock and "
+                             "throttling are read; request energy is integrated over these samples")
+    record_interval_s: float = Field(10.0, ge=0.5, le=3600, description="one summary of the samples (mean and "
+                                     "idle watts, hottest zone, throttling) is written per interval")
+    power_source: Literal["auto", "pmic", "hwmon", "rapl", "power_supply", "estimated", "none"] = Field(
+        "auto", description="auto tries pmic (Pi 5), hwmon (INA2xx/INA3221), rapl, power_supply, then an "
+        "estimate from CPU load")
+    estimate_idle_w: float | None = Field(None, gt=0, le=1000, description="idle watts for the estimate "
+                                          "(default: the board's, from /proc/device-tree/model)")
+    estimate_load_w: float | None = Field(None, gt=0, le=1000, description="full-load watts for the estimate")
+    hw_root: Path = Field(Path("/"), description="where /sys and /proc are read (a fixture tree in tests)")
+
+    _sizes = field_validator("rotate_bytes", "disk_budget_bytes", mode="before")(_parse_size)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsConfig:
+        if self.rotate_bytes * 2 > self.disk_budget_bytes:
+            raise ValueError(f"rotate_bytes ({self.rotate_bytes}) must be at most half of disk_budget_bytes "
+                             f"({self.disk_budget_bytes}), so a full file can be rotated out within the budget")
+        if self.estimate_idle_w and self.estimate_load_w and self.estimate_load_w < self.estimate_idle_w:
+            raise ValueError("estimate_load_w must be at least estimate_idle_w")
+        return self
+
+
 class Config(Settings):
     """Everything the daemon reads at start-up."""
 
@@ -147,6 +200,7 @@ class Config(Settings):
     gpio: GpioConfig = Field(default_factory=lambda: GpioConfig())
     voice: VoiceConfig = Field(default_factory=lambda: VoiceConfig())
     store: StoreConfig = Field(default_factory=StoreConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("models")
     @classmethod

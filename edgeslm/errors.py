@@ -173,3 +173,13 @@ class QuantizeError(EdgeslmError):
     """`edgeslm quantize` cannot quantize this model or read its reference inputs."""
 
     code = "quantize_failed"
+class SensorError(EdgeslmError):
+    """A power, temperature or throttling source is absent or gave a value that cannot be used."""
+
+    code = "sensor_unavailable"
+
+
+class MissingExtraError(EdgeslmError, ImportError):
+    """A command needs an optional extra that is not installed (the message names the pip command)."""
+
+    code = "missing_extra"

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "edgeslm.cli.edge",
     "edgeslm.cli.store",
     "edgeslm.cli.quantize",
+    "edgeslm.cli.stats",
 )
 
 

@@ -14,6 +14,7 @@ import uvicorn
 
 from edgeslm import __version__
 from edgeslm.config import Config
+from edgeslm.metrics.service import Metrics
 from edgeslm.server.app import build_app
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
@@ -66,6 +67,15 @@ def _describe_models(registry: ModelRegistry) -> list[str]:
     return lines
 
 
+def open_metrics(config: Config, registry: ModelRegistry) -> Metrics | None:
+    """The recorder, sampler and /metrics registry, started; None when metrics.enabled is false."""
+    if not config.metrics.enabled:
+        return None
+    metrics = Metrics(config.metrics, queue_depths=lambda: {n: m.batcher.depth for n, m in registry.models.items()})
+    metrics.start()
+    return metrics
+
+
 def serve(config: Config, *, out: TextIO = sys.stdout,
           registry_factory: Callable[[Config], ModelRegistry] | None = None) -> int:
     """Run the daemon in the foreground until SIGINT/SIGTERM; returns the exit status."""
@@ -73,11 +83,12 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     path = server_config.socket_path
     sock = bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)
     inode = socket_inode(path)
-    registry = edge = None
+    registry = edge = metrics = None
     try:
         registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
+        metrics = open_metrics(config, registry)
         edge = EdgeServices.start(config, registry)
-        app = build_app(registry, config, edge)
+        app = build_app(registry, config, edge, metrics)
         uv_config = uvicorn.Config(
             app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="warning",
             timeout_graceful_shutdown=server_config.shutdown_timeout_s, server_header=False, date_header=False,
@@ -86,6 +97,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         print(f"edgeslm {__version__} listening on {path} (mode {server_config.socket_mode:04o})", file=out)
         for line in _describe_models(registry) + edge.describe():
             print(line, file=out)
+        print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
         if not registry.models:
             print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
         print(f"try: curl --unix-socket {path} http://localhost/ready   (Ctrl-C stops)", file=out, flush=True)
@@ -98,6 +110,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             edge.close()
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
+        if metrics is not None:
+            metrics.close()
         sock.close()
         remove_socket(path, inode)
     print("edgeslm stopped", file=out, flush=True)
