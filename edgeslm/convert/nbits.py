@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeslm.convert.gguf_llama import BLOCK, F16, F32, Q4_0, Q4_1, Q8_0, QuantTensor, dequantize, q4_0_parts, \
-    q4_1_parts, q8_0_parts
+from edgeslm.convert.gguf_llama import (
+    BLOCK,
+    F16,
+    F32,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    QuantTensor,
+    dequantize,
+    q4_0_parts,
+    q4_1_parts,
+    q8_0_parts,
+)
 from edgeslm.errors import ModelLoadError
 
 

@@ -1,4 +1,4 @@
-"""A float32 numpy forward pass of a Llama GGUF, from its dequantized weights: the reference converted models answer to."""
+"""A float32 numpy forward pass of a Llama GGUF from its dequantized weights: what converted models answer to."""
 
 from __future__ import annotations
 

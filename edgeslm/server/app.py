@@ -18,6 +18,7 @@ from edgeslm.config import Config
 from edgeslm.errors import BadInputError
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.completions import Completions
 from edgeslm.server.openapi import openapi_document
 from edgeslm.tasks.served import ModelRegistry
 from edgeslm.tasks.tensors import datatype_of
@@ -174,6 +175,9 @@ def build_app(registry: ModelRegistry, config: Config) -> Starlette:
         Route("/v2/models/{name:str}/infer", endpoint(api.infer), methods=["POST"]),
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
     ]
+    completions = Completions(registry, config)
+    routes += [Route("/v1/completions", endpoint(completions.completions), methods=["POST"]),
+               Route("/v1/chat/completions", endpoint(completions.chat), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.api = api
     return app
