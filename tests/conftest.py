@@ -50,3 +50,11 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A real converted model folder (ONNX + tokenizer + card) from a tiny random Llama GGUF."""
+    from tests.tinyllama import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("llm") / "tiny")

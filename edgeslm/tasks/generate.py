@@ -83,6 +83,8 @@ class Generator:
         self.scheduler = Scheduler(decoder.slots, max_queue=max_queue, prefill_chunk=prefill_chunk)
         self.name = name
         self.steps = 0
+        self.peak_batch = 0  # most sequences decoded in one step so far
+        self.finished = {"stop": 0, "length": 0, "cancelled": 0, "error": 0}  # sequences by how they ended
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._deadline_passed = threading.Event()
@@ -108,6 +110,8 @@ class Generator:
 
     def _emit(self, seq: Seq, text: str, finish: str | None = None, error: BaseException | None = None) -> None:
         job: _Job = seq.payload
+        if finish is not None:
+            self.finished[finish] = self.finished.get(finish, 0) + 1
         event = GenerationEvent(text, seq.generated, len(seq.prompt), finish, error)
         try:
             job.on_event(event)
@@ -141,28 +145,34 @@ class Generator:
         if stop == len(seq.prompt):
             self._accept(seq, seq.payload.sampler.pick(logits))
 
-    def _decode(self, step: Step) -> None:
-        tokens = np.zeros(step.width, np.int64)
-        positions = np.zeros(step.width, np.int32)
+    def _decode(self, rows: list[Seq]) -> None:
+        width = max(seq.slot for seq in rows) + 1
+        tokens = np.zeros(width, np.int64)
+        positions = np.zeros(width, np.int32)
         for seq in self.scheduler.running:
-            if seq.slot < step.width:
+            if seq.slot < width:
                 # Rows without a decoding sequence write one junk entry at their next free position.
                 positions[seq.slot] = seq.cached
-        for seq in step.decode:
+        for seq in rows:
             tokens[seq.slot] = seq.pending
         logits = self.decoder.decode(tokens, positions)
-        for seq in step.decode:
+        self.peak_batch = max(self.peak_batch, len(rows))
+        for seq in rows:
             seq.cached += 1
             self._accept(seq, seq.payload.sampler.pick(logits[seq.slot]))
 
     def _run(self, step: Step) -> None:
-        involved = list(step.decode)
+        rows = list(step.decode)
+        involved = list(rows)
         try:
             if step.prefill is not None:
-                involved.append(step.prefill[0])
+                seq = step.prefill[0]
+                involved.append(seq)
                 self._prefill(*step.prefill)
-            if step.decode:
-                self._decode(step)
+                if seq.state is State.DECODE:
+                    rows.append(seq)  # its prompt is cached: it decodes in this very step
+            if rows:
+                self._decode(rows)
         except Exception as exc:
             log.exception("generation step failed on model %s", self.name)
             error = exc if isinstance(exc, EdgeslmError) else BadInputError(

@@ -123,6 +123,8 @@ class GenerativeModel:
             "context_length": self.decoder.context, "max_sequences": self.decoder.slots,
             "kv_cache_bytes": self.decoder.cache_bytes, "selfcheck": self.selfcheck,
             "waiting": self.generator.scheduler.waiting, "running": len(self.generator.scheduler.running),
+            "steps": self.generator.steps, "peak_batch": self.generator.peak_batch,
+            "finished": dict(self.generator.finished),
         }
         info.update(self.engine.describe())
         return info

@@ -207,8 +207,8 @@ def test_selfcheck_failure_marks_the_model_failed_with_the_error(tmp_path):
     rows = data["selfcheck"]["expected"]
     flipped = "expected = " + json.dumps([[-x for x in row] for row in rows])
     start = card.index("expected = ")
-    depth, end = 0, card.index("[", start)
-    for end in range(end, len(card)):  # find the bracket that closes the expected array
+    depth, first = 0, card.index("[", start)
+    for end in range(first, len(card)):  # find the bracket that closes the expected array
         depth += {"[": 1, "]": -1}.get(card[end], 0)
         if depth == 0:
             break
