@@ -41,7 +41,7 @@ test-llm: $(VENV)/.dev-installed
 
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip --disable-pip-version-check -q install -e '.[dev]' 'llama-cpp-python>=0.3.7' psutil
+	$(BENCH_VENV)/bin/pip --disable-pip-version-check -q install -e '.[dev]' 'llama-cpp-python>=0.3.7'
 	@touch $@
 
 bench-llm: $(BENCH_VENV)/.installed

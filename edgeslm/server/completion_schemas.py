@@ -29,6 +29,7 @@ class SamplingFields(OpenAIRequest):
     presence_penalty: float = Field(0.0, description="not supported: only 0 is accepted; use repetition_penalty")
     stop: str | list[str] | None = Field(None, description="up to 4 strings; generation ends before the first")
     seed: int | None = Field(None, description="makes sampling reproducible")
+    ignore_eos: bool = Field(False, description="keep generating past the end-of-turn token (benchmarks)")
     n: int = Field(1, ge=1, le=1, description="completions per prompt (only 1)")
     stream: bool = Field(False, description="send server-sent events as tokens arrive, then data: [DONE]")
     stream_options: StreamOptions | None = None

@@ -123,7 +123,7 @@ class Completions:
             raise BadInputError(str(exc), param="temperature") from None
         listener = _Listener(asyncio.get_running_loop())
         generation = model.generator.submit(
-            GenerationRequest(ids, max_tokens, sampling, _stops(body.stop)), listener)
+            GenerationRequest(ids, max_tokens, sampling, _stops(body.stop), body.ignore_eos), listener)
         ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model.name}

@@ -28,6 +28,7 @@ class GenerationRequest:
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class Generator:
         """A token was chosen for `seq`: stream its text and decide whether the sequence goes on."""
         job: _Job = seq.payload
         seq.generated += 1
-        if token in self.stop_ids:
+        if token in self.stop_ids and not job.request.ignore_eos:
             self._finish(seq, "stop", job.stream.close())
             return
         text, stopped = job.stream.push(token)

@@ -114,6 +114,12 @@ class GenerativeModel:
 
     # Registry hooks ---------------------------------------------------------------------------------------
 
+    @property
+    def tensors(self) -> Any:
+        # The engine's KV cache belongs to the generation worker: raw tensor calls would corrupt it.
+        raise BadInputError(f"model {self.name!r} serves generate; raw tensor inference is not available for it, "
+                            "use /v1/completions or /v1/chat/completions", param="model", code="wrong_task")
+
     def info(self) -> dict[str, Any]:
         file = self.card.file(self.path)
         info = {

@@ -119,6 +119,8 @@ def test_client_errors_are_4xx_naming_the_field(sdk, llm_daemon):
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=MODEL, messages=[])
     with llm_daemon.client() as client:
+        raw = client.post(f"/v2/models/{MODEL}/infer", json={"inputs": []})
+        assert raw.status_code == 400 and raw.json()["error"]["code"] == "wrong_task"
         for body in (b"{not json", b'{"model": "tiny", "prompt": "x", "n": 3}',
                      b'{"model": "tiny", "prompt": "x", "temperature": "hot"}',
                      b'{"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}',
