@@ -67,9 +67,10 @@ def run_llama(gguf: Path) -> dict:
 
 
 def run_inprocess(model_dir: Path) -> dict:
+    from tokenizers import Tokenizer
+
     from edgeslm.runtime import EngineOptions, open_engine
     from edgeslm.tasks.decoder import Decoder
-    from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     engine = open_engine(model_dir / "model.onnx", "onnx", EngineOptions(threads=THREADS))
@@ -190,9 +191,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "smollm2")
     parser.add_argument("--runner", choices=list(RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from tests.slow.smollm2_cache import built_model, wheel_source
-
     from edgeslm.convert.llama_build import find_gguf
+    from tests.slow.smollm2_cache import built_model, wheel_source
 
     gguf = find_gguf(wheel_source())
     if args.runner:
@@ -224,9 +224,9 @@ def main() -> int:
     print(f"{'runner':<20} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak RSS MB':>12} "
           f"{'prefill x':>10} {'decode x':>9} {'RSS x':>7}")
     for name, row in rows.items():
-        ratio = (lambda k: f"{row[k] / base[k]:.2f}") if base else (lambda k: "-")  # noqa: E731
+        ratios = [f"{row[k] / base[k]:.2f}" if base else "-" for k in ("prefill", "decode", "rss")]
         print(f"{name:<20} {row['prefill']:>14.1f} {row['decode']:>13.1f} {row['rss']:>12.1f} "
-              f"{ratio('prefill'):>10} {ratio('decode'):>9} {ratio('rss'):>7}")
+              f"{ratios[0]:>10} {ratios[1]:>9} {ratios[2]:>7}")
     socket = rows.get("edgeslm socket")
     if socket and "agg4" in socket:
         print(f"\nedgeslm socket, 4 concurrent streams: aggregate decode {socket['agg4']:.1f} tok/s = "

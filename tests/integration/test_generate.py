@@ -119,7 +119,8 @@ def test_client_errors_are_4xx_naming_the_field(sdk, llm_daemon):
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=MODEL, messages=[])
     with llm_daemon.client() as client:
-        raw = client.post(f"/v2/models/{MODEL}/infer", json={"inputs": []})
+        raw = client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
+            {"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [5]}]})
         assert raw.status_code == 400 and raw.json()["error"]["code"] == "wrong_task"
         for body in (b"{not json", b'{"model": "tiny", "prompt": "x", "n": 3}',
                      b'{"model": "tiny", "prompt": "x", "temperature": "hot"}',
