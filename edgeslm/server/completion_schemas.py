@@ -71,6 +71,13 @@ class UsageOut(BaseModel):
     total_tokens: int
 
 
+class Envelope(BaseModel):
+    id: str
+    created: int = Field(description="Unix time")
+    model: str
+    usage: UsageOut
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
@@ -78,13 +85,11 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(Envelope):
+    """With "stream": true, the same fields arrive as server-sent events (text deltas), then data: [DONE]."""
+
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: UsageOut
 
 
 class AssistantMessage(BaseModel):
@@ -99,10 +104,8 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatResponse(BaseModel):
-    id: str
+class ChatResponse(Envelope):
+    """With "stream": true: chat.completion.chunk events with choices[0].delta, then data: [DONE]."""
+
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: UsageOut
