@@ -133,7 +133,9 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
 
     for name, variant in FILES.items():
         progress.stage(f"writing {name}", None)
-        onnx.save_model(build_graph(model, variant), str(out / name))
+        # Weights in a side file: onnxruntime maps it instead of copying it out of a parsed protobuf.
+        onnx.save_model(build_graph(model, variant), str(out / name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)
 
     progress.stage("checking against the fp32 reference", len(FILES) + 1)
     template = ChatTemplate(model.vocab.chat_template or "", bos_token="", eos_token="")
@@ -165,8 +167,10 @@ def card_text(recipe: Recipe, model: GgufLlama, source: Path, out: Path, check_i
     files = {}
     for name, variant in FILES.items():
         path = out / name
+        data = out / f"{name}.data"
         files[name] = {"runtime": "onnx", "quantization": QUANTIZATION[variant], "sha256": sha256_of(path),
-                       "size_bytes": path.stat().st_size, "check_kl_vs_fp32": round(measured[name]["kl"], 6),
+                       "size_bytes": path.stat().st_size, "data_file": data.name, "data_sha256": sha256_of(data),
+                       "data_size_bytes": data.stat().st_size, "check_kl_vs_fp32": round(measured[name]["kl"], 6),
                        "check_top1_vs_fp32": round(measured[name]["top1"], 4)}
     doc = {
         "model": {

@@ -48,10 +48,17 @@ class GenerativeModel:
     def load(cls, config: ModelConfig, path: Path | None = None, card: ModelCard | None = None) -> GenerativeModel:
         if path is None or card is None:
             path, card = locate_model(config.path)
-        expected = card.file(path).sha256
-        if config.verify_sha256 and expected and sha256_of(path) != expected:
-            raise ModelLoadError(f"{path.name} does not match its card's sha256: the file is corrupt or was "
-                                 "replaced; pull the model again")
+        entry = card.file(path)
+        extra = entry.model_extra or {}
+        checks = [(path, entry.sha256)]
+        if extra.get("data_file"):
+            checks.append((path.parent / str(extra["data_file"]), extra.get("data_sha256")))
+        for file, expected in checks:
+            if not file.is_file():
+                raise ModelLoadError(f"{file} is missing; pull the model again")
+            if config.verify_sha256 and expected and sha256_of(file) != expected:
+                raise ModelLoadError(f"{file.name} does not match its card's sha256: the file is corrupt or was "
+                                     "replaced; pull the model again")
         tokenizer_path = card.resolve(card.model.tokenizer or "tokenizer.json")
         assert tokenizer_path is not None
         try:
@@ -125,7 +132,7 @@ class GenerativeModel:
         info = {
             "id": self.name, "object": "model", "created": int(self.loaded_at), "owned_by": "edgeslm",
             "state": "ready", "tasks": self.tasks, "path": str(self.path), "quantization": file.quantization,
-            "file_size_bytes": self.path.stat().st_size, "max_seq_len": self.decoder.context,
+            "file_size_bytes": self._size_bytes(), "max_seq_len": self.decoder.context,
             "context_length": self.decoder.context, "max_sequences": self.decoder.slots,
             "kv_cache_bytes": self.decoder.cache_bytes, "selfcheck": self.selfcheck,
             "waiting": self.generator.scheduler.waiting, "running": len(self.generator.scheduler.running),
@@ -134,6 +141,11 @@ class GenerativeModel:
         }
         info.update(self.engine.describe())
         return info
+
+    def _size_bytes(self) -> int:
+        data = (self.card.file(self.path).model_extra or {}).get("data_file")
+        extra = self.path.parent / str(data) if data else None
+        return self.path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)
 
     def close(self, timeout_s: float | None = None) -> None:
         self.generator.stop(timeout_s=timeout_s)

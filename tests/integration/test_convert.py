@@ -74,3 +74,20 @@ def test_card_describes_the_files(tiny_llm):
     generate = card.model_extra["generate"]
     assert generate["stop_token_ids"] == [0, 2] and "<|im_start|>" in generate["chat_template"]
     assert card.files["model.onnx"].check_kl_vs_fp32 < 0.01
+
+
+def test_a_changed_weights_file_is_refused_at_load(tiny_llm, tmp_path):
+    import shutil
+
+    from edgeslm.config import ModelConfig
+    from edgeslm.errors import ModelLoadError
+    from edgeslm.tasks.llm import GenerativeModel
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(tiny_llm, copy)
+    data = copy / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match="model.onnx.data does not match"):
+        GenerativeModel.load(ModelConfig(name="t", path=copy))
