@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PROMPT = ("<|im_start|>user\nWrite a long, detailed story about a small robot who learns to paint "
-          "landscapes.<|im_end|>\n<|im_start|>assistant\n")
+          "landscapes in the mountains near its home.<|im_end|>\n<|im_start|>assistant\n")  # 31 tokens
 NEW_TOKENS = 128
 THREADS = 2
 CONTEXT = 512

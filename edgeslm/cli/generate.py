@@ -85,9 +85,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print("Chatting with the daemon's model; /exit or Ctrl-D ends.", file=sys.stderr)
     while True:
         if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line or line.strip() in EXIT_WORDS:
+            try:
+                line = input("you> ")  # line editing and history when readline is available
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+        if line.strip() in EXIT_WORDS:
             return 0
         if not line.strip():
             continue
