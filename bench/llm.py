@@ -9,8 +9,10 @@ the first token's logits), decode tok/s (127 further tokens / their time) and th
 - edgeslm in-process: the Decoder on model.onnx (prefill, then one decode step per token, argmax in numpy);
 - edgeslm socket: `edgeslm serve` in a subprocess, /v1/completions streamed over the Unix socket (peak RSS is
   the daemon's); then 4 concurrent streams for the aggregate decode rate.
-onnxruntime-genai is not run: its model builder needs torch + transformers and the Hugging Face checkpoint or
-config, which this offline machine cannot fetch. KL figures: each runner's logits teacher-forced on edgeslm's
+- onnxruntime-genai (when .venv-genai exists, see bench/llm_genai_checkpoint.py): its own builder's int8 model,
+  built from the GGUF's dequantized weights (the builder cannot read quantized GGUF and the original checkpoint
+  cannot be downloaded here); end-of-turn suppressed with min_length.
+KL figures: each runner's logits teacher-forced on edgeslm's
 greedy sequence, against the fp32 numpy reference. The machine may be shared: treat the numbers as provisional.
 """
 
@@ -91,6 +93,34 @@ def run_inprocess(model_dir: Path) -> dict:
     t2 = time.perf_counter()
     return {"prompt_tokens": len(ids), "prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": out,
             "peak_rss_mb": peak_rss_mb()}
+
+
+def run_genai(model_dir: Path) -> dict:
+    import onnxruntime_genai as og
+
+    config_path = model_dir / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    if options.get("intra_op_num_threads") != THREADS:
+        options["intra_op_num_threads"] = THREADS
+        config_path.write_text(json.dumps(config, indent=1))
+    model = og.Model(str(model_dir))
+    ids = og.Tokenizer(model).encode(PROMPT)
+    total = len(ids) + NEW_TOKENS
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    generator = og.Generator(model, params)
+    t0 = time.perf_counter()
+    generator.append_tokens(ids)
+    generator.generate_next_token()
+    t1 = time.perf_counter()
+    out = [int(generator.get_next_tokens()[0])]
+    while not generator.is_done() and len(out) < NEW_TOKENS:
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    t2 = time.perf_counter()
+    return {"prompt_tokens": len(ids), "prefill_s": t1 - t0, "decode_s": (t2 - t1) * (NEW_TOKENS - 1) / (len(out) - 1),
+            "tokens": out, "peak_rss_mb": peak_rss_mb()}
 
 
 def _stream(client, body: dict) -> tuple[float, float, float, int]:
@@ -182,7 +212,10 @@ def kl_figures(gguf: Path, model_dir: Path, sequence: list[int], prompt_len: int
     return figures
 
 
-RUNNERS = {"llama.cpp": run_llama, "edgeslm in-process": run_inprocess, "edgeslm socket": run_socket}
+RUNNERS = {"llama.cpp": run_llama, "onnxruntime-genai": run_genai, "edgeslm in-process": run_inprocess,
+           "edgeslm socket": run_socket}
+GENAI_PYTHON = ROOT / ".venv-genai" / "bin" / "python"
+GENAI_MODEL = ROOT / ".cache" / "genai" / "int8"
 
 
 def main() -> int:
@@ -196,19 +229,24 @@ def main() -> int:
 
     gguf = find_gguf(wheel_source())
     if args.runner:
-        target = gguf if args.runner == "llama.cpp" else args.model_dir
+        target = {"llama.cpp": gguf, "onnxruntime-genai": GENAI_MODEL}.get(args.runner, args.model_dir)
         print(json.dumps(RUNNERS[args.runner](target)))
         return 0
     model_dir = built_model() if args.model_dir == ROOT / ".cache" / "smollm2" else args.model_dir
-    names = [n for n in RUNNERS if n != "llama.cpp" or _has_llama()]
+    names = [n for n in RUNNERS if (n != "llama.cpp" or _has_llama()) and (n != "onnxruntime-genai" or _has_genai())]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            out = subprocess.run([sys.executable, __file__, "--runner", name, "--model-dir", str(model_dir)],
+            python = str(GENAI_PYTHON) if name == "onnxruntime-genai" else sys.executable
+            out = subprocess.run([python, __file__, "--runner", name, "--model-dir", str(model_dir)],
                                  capture_output=True, text=True, check=True).stdout
-            runs[name].append(json.loads(out.strip().splitlines()[-1]))
-            print(f"round {r + 1}: {name} done", file=sys.stderr, flush=True)
+            result = json.loads(out.strip().splitlines()[-1])
+            result["load_avg"] = os.getloadavg()[0]
+            runs[name].append(result)
+            print(f"round {r + 1}: {name:<20} prefill {result['prompt_tokens'] / result['prefill_s']:7.1f} tok/s, "
+                  f"decode {(NEW_TOKENS - 1) / result['decode_s']:6.1f} tok/s, peak RSS {result['peak_rss_mb']:6.1f} MB"
+                  f" (1-min load average {result['load_avg']:.1f})", file=sys.stderr, flush=True)
     rows = {}
     for name, results in runs.items():
         rows[name] = {
@@ -240,6 +278,15 @@ def main() -> int:
     print("mean next-token KL vs fp32 on edgeslm's greedy sequence: "
           + ", ".join(f"{k} {v:.4f}" for k, v in kl.items()))
     return 0
+
+
+def _has_genai() -> bool:
+    if GENAI_PYTHON.is_file() and (GENAI_MODEL / "genai_config.json").is_file():
+        return True
+    print("onnxruntime-genai is not set up (.venv-genai and .cache/genai/int8): not run. It needs torch, "
+          "transformers and onnxruntime-genai in .venv-genai, then bench/llm_genai_checkpoint.py and its builder",
+          file=sys.stderr)
+    return False
 
 
 def _has_llama() -> bool:

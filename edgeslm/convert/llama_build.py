@@ -180,7 +180,8 @@ def card_text(recipe: Recipe, model: GgufLlama, source: Path, out: Path, check_i
             "pad_id": v.pad_id if v.pad_id is not None else 0, "tokenizer": "tokenizer.json",
         },
         "generate": {
-            "architecture": "llama", "layers": s.layers, "hidden_size": s.hidden, "heads": s.heads,
+            "architecture": "llama", "layers": s.layers, "hidden_size": s.hidden, "intermediate_size": s.ffn,
+            "heads": s.heads,
             "kv_heads": s.kv_heads, "head_dim": s.head_dim, "vocab_size": s.vocab, "context_length": s.context,
             "rope_base": s.rope_base, "bos_token": v.tokens[v.bos_id] if v.bos_id is not None else "",
             "eos_token": v.tokens[v.eos_id] if v.eos_id is not None else "", "add_bos": v.add_bos,
