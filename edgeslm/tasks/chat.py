@@ -19,7 +19,7 @@ class CardSelfCheckGenerate(BaseModel):
     top_ids: tuple[tuple[int, ...], ...]
     top_logprobs: tuple[tuple[float, ...], ...]
     min_top1: float = Field(0.8, ge=0, le=1)
-    max_logprob_error: float = Field(0.25, gt=0)
+    max_logprob_error: float = Field(0.5, gt=0)
 
 
 class CardGenerate(BaseModel):

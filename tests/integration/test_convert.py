@@ -91,3 +91,25 @@ def test_a_changed_weights_file_is_refused_at_load(tiny_llm, tmp_path):
     data.write_bytes(bytes(raw))
     with pytest.raises(ModelLoadError, match="model.onnx.data does not match"):
         GenerativeModel.load(ModelConfig(name="t", path=copy))
+
+
+def test_a_model_that_disagrees_with_its_reference_fails_the_selfcheck(tiny_llm, tmp_path):
+    import shutil
+    import tomllib
+
+    from edgeslm.config import ModelConfig
+    from edgeslm.errors import SelfCheckError
+    from edgeslm.tasks.llm import GenerativeModel
+
+    copy = tmp_path / "wrong"
+    shutil.copytree(tiny_llm, copy)
+    card = (copy / "model.toml").read_text()
+    top = tomllib.loads(card)["generate"]["selfcheck"]["top_ids"]
+    shifted = "top_ids = " + str([[(t + 7) % 200 + 3 for t in row] for row in top])
+    start = card.index("top_ids = ")
+    (copy / "model.toml").write_text(card[:start] + shifted + card[card.index("\n", start):])
+    with pytest.raises(SelfCheckError, match="top-1 agreement"):
+        GenerativeModel.load(ModelConfig(name="t", path=copy, verify_sha256=False))
+    good = GenerativeModel.load(ModelConfig(name="t", path=tiny_llm))
+    assert good.selfcheck["passed"] and good.info()["state"] == "ready"
+    good.close()
