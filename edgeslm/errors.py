@@ -109,3 +109,67 @@ class DaemonUnreachableError(EdgeslmError, ConnectionError):
     """The CLI could not reach a daemon on the socket."""
 
     code = "daemon_unreachable"
+
+
+class GpioError(EdgeslmError):
+    """A GPIO pin could not be claimed, read or driven."""
+
+    code = "gpio_error"
+
+
+class GpioUnavailableError(GpioError, ImportError):
+    """The chosen GPIO backend cannot run here (library missing, no chip, not a Raspberry Pi)."""
+
+    code = "gpio_unavailable"
+
+
+class NotMockError(BadInputError):
+    """Something only the mock GPIO backend can do (a simulated press) was asked of real hardware."""
+
+    code = "not_mock_backend"
+
+
+class MicrophoneError(EdgeslmError):
+    """Audio capture failed: no microphone, the device is busy, or arecord is missing."""
+
+    code = "mic_unavailable"
+
+
+class AudioFormatError(BadInputError):
+    """Uploaded audio is not a WAV the voice pipeline takes (16-bit PCM, mono, 16 kHz)."""
+
+    code = "invalid_audio"
+
+
+class VoiceUnavailableError(EdgeslmError):
+    """The voice pipeline is not configured (no [[voice.intents]]) or failed to start."""
+
+    code = "voice_unavailable"
+class StoreError(EdgeslmError):
+    """The model store could not do what was asked (pull, remove, find a model)."""
+
+    code = "store_error"
+
+
+class UnknownRecipeError(StoreError, LookupError):
+    """No recipe of that name is in the catalogue."""
+
+    code = "unknown_recipe"
+
+
+class NotPulledError(StoreError, LookupError):
+    """The model is in the catalogue but has not been pulled into this store."""
+
+    code = "not_pulled"
+
+
+class PullError(StoreError):
+    """Fetching, converting or checking a model failed; nothing was left in the store."""
+
+    code = "pull_failed"
+
+
+class QuantizeError(EdgeslmError):
+    """`edgeslm quantize` cannot quantize this model or read its reference inputs."""
+
+    code = "quantize_failed"

@@ -19,6 +19,9 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 COMMAND_MODULES = (
     "edgeslm.cli.serve",
     "edgeslm.cli.query",
+    "edgeslm.cli.edge",
+    "edgeslm.cli.store",
+    "edgeslm.cli.quantize",
     "edgeslm.cli.generate",
 )
 

@@ -1,1 +1,1 @@
-"""Offline model builders: turn a package's files into a servable model folder (run by `edgeslm pull`)."""
+"""Offline converters that turn a fetched package into an edgeslm model folder (the builds behind `edgeslm pull`)."""

@@ -15,6 +15,7 @@ import uvicorn
 from edgeslm import __version__
 from edgeslm.config import Config
 from edgeslm.server.app import build_app
+from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
 from edgeslm.tasks.served import ModelRegistry
 
@@ -73,24 +74,29 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     path = server_config.socket_path
     sock = bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)
     inode = socket_inode(path)
-    registry = None
+    registry = edge = None
     try:
         registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
-        app = build_app(registry, config)
+        edge = EdgeServices.start(config, registry)
+        app = build_app(registry, config, edge)
         uv_config = uvicorn.Config(
             app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="warning",
             timeout_graceful_shutdown=server_config.shutdown_timeout_s, server_header=False, date_header=False,
             log_config=None,
         )
         print(f"edgeslm {__version__} listening on {path} (mode {server_config.socket_mode:04o})", file=out)
-        for line in _describe_models(registry):
+        for line in _describe_models(registry) + edge.describe():
             print(line, file=out)
         if not registry.models:
             print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
         print(f"try: curl --unix-socket {path} http://localhost/ready   (Ctrl-C stops)", file=out, flush=True)
-        DaemonServer(uv_config).run(sockets=[sock])
+        server = DaemonServer(uv_config)
+        edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
+        server.run(sockets=[sock])
         log.info("stopped accepting; closing models")
     finally:
+        if edge is not None:
+            edge.close()
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
         sock.close()

@@ -50,7 +50,11 @@ class ServedModel:
     def load(cls, config: ModelConfig, *, engine: Engine | None = None,
              clock: Callable[[], float] = time.monotonic) -> ServedModel:
         """Open, check and start a model; ModelLoadError says why it cannot be served."""
-        path, card = locate_model(config.path) if engine is None else (config.path, _card_for(config.path))
+        if config.path is None or (config.store and engine is None and not config.path.is_dir()):
+            where = f"into {config.path.parent}" if config.path is not None else "into the model store"
+            raise ModelLoadError(f"model {config.store!r} is not pulled {where}: run `edgeslm pull {config.store}`")
+        path, card = (locate_model(config.path, config.runtime) if engine is None
+                      else (config.path, _card_for(config.path)))
         expected = card.file(path).sha256
         if engine is None and config.verify_sha256 and expected:
             actual = sha256_of(path)
