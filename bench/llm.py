@@ -223,15 +223,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "smollm2")
     parser.add_argument("--runner", choices=list(RUNNERS), help=argparse.SUPPRESS)
+    parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runner:  # a runner process imports only what its runtime needs
+        print(json.dumps(RUNNERS[args.runner](args.target)))
+        return 0
     from edgeslm.convert.llama_build import find_gguf
     from tests.slow.smollm2_cache import built_model, wheel_source
 
     gguf = find_gguf(wheel_source())
-    if args.runner:
-        target = {"llama.cpp": gguf, "onnxruntime-genai": GENAI_MODEL}.get(args.runner, args.model_dir)
-        print(json.dumps(RUNNERS[args.runner](target)))
-        return 0
     model_dir = built_model() if args.model_dir == ROOT / ".cache" / "smollm2" else args.model_dir
     names = [n for n in RUNNERS if (n != "llama.cpp" or _has_llama()) and (n != "onnxruntime-genai" or _has_genai())]
     runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -239,7 +239,8 @@ def main() -> int:
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             python = str(GENAI_PYTHON) if name == "onnxruntime-genai" else sys.executable
-            out = subprocess.run([python, __file__, "--runner", name, "--model-dir", str(model_dir)],
+            target = {"llama.cpp": gguf, "onnxruntime-genai": GENAI_MODEL}.get(name, model_dir)
+            out = subprocess.run([python, __file__, "--runner", name, "--target", str(target)],
                                  capture_output=True, text=True, check=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             result["load_avg"] = os.getloadavg()[0]
