@@ -158,11 +158,13 @@ def test_leaving_mid_stream_frees_the_slot(llm_daemon):
 
 def test_concurrent_streams_share_decode_steps(llm_daemon):
     results: dict[int, str] = {}
+    start = threading.Barrier(4)
 
     def stream(i: int) -> None:
-        body = {"model": MODEL, "prompt": f"story number {i}", "max_tokens": 60, "temperature": 0, "stream": True,
-                "stop": ["\x00never"]}
+        body = {"model": MODEL, "prompt": f"story number {i}", "max_tokens": 200, "temperature": 0, "stream": True,
+                "ignore_eos": True}
         text = []
+        start.wait(30)
         with llm_daemon.client() as client, client.stream("POST", "/v1/completions", json=body) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
