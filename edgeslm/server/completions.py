@@ -19,7 +19,7 @@ from edgeslm.core.sampling import SamplingParams
 from edgeslm.errors import BadInputError, CancelledError, DeadlineError, EdgeslmError
 from edgeslm.server.bridge import json_response, parse, read_body
 from edgeslm.server.completion_schemas import ChatRequest, CompletionRequest, SamplingFields
-from edgeslm.tasks.generate import GenerationEvent, GenerationRequest
+from edgeslm.tasks.generate import Generation, GenerationEvent, GenerationRequest
 from edgeslm.tasks.llm import GenerativeModel
 from edgeslm.tasks.served import ModelRegistry
 
@@ -129,7 +129,7 @@ class Completions:
                 "model": model.name}
         watcher = asyncio.get_running_loop().create_task(
             _watch_disconnect(request, lambda: (generation.cancel(), listener.fail(CancelledError("client gone")))))
-        events = self._events(listener, generation.cancel, model.name)
+        events = self._events(listener, generation, model.name)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(self._sse(events, head, chat, include_usage, watcher, generation.cancel),
@@ -152,15 +152,21 @@ class Completions:
             choice = {"index": 0, "text": text, "finish_reason": last.finish_reason, "logprobs": None}
         return json_response({**head, "choices": [choice], "usage": usage})
 
-    async def _events(self, listener: _Listener, cancel: Callable[[], None], name: str
+    async def _events(self, listener: _Listener, generation: Generation, name: str
                       ) -> AsyncIterator[GenerationEvent]:
-        """Events up to and including the one with a finish_reason; raises the generation's error."""
+        """Events up to and including the one with a finish_reason; raises the generation's error.
+
+        server.request_timeout_s bounds the time without progress once the sequence has a slot; waiting
+        for a slot behind other generations (a bounded queue) does not count.
+        """
         timeout = self.server.request_timeout_s
         while True:
             try:
                 item = await asyncio.wait_for(listener.queue.get(), timeout)
             except TimeoutError:
-                cancel()
+                if generation.waiting:
+                    continue
+                generation.cancel()
                 raise DeadlineError(f"model {name!r} made no progress for {timeout:g} s (server.request_timeout_s)"
                                     ) from None
             if isinstance(item, BaseException):

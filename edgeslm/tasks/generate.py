@@ -66,6 +66,11 @@ class Generation:
     def done(self) -> bool:
         return self.seq.state is State.DONE
 
+    @property
+    def waiting(self) -> bool:
+        """Still queued for a KV-cache slot."""
+        return self.seq.state is State.WAITING
+
 
 class Generator:
     """Runs a Decoder for many sequences at once.
