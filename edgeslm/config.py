@@ -75,6 +75,19 @@ class BatchingConfig(Settings):
     )
 
 
+class GenerationConfig(Settings):
+    """How a text-generation model runs its sequences (continuous batching over a preallocated KV cache)."""
+
+    max_sequences: int = Field(4, ge=1, le=64, description="sequences generated at once, each with its own KV-cache "
+                               "slot; more requests wait in the queue (batching.max_queue)")
+    context_tokens: int = Field(2048, ge=16, le=131072, description="most tokens (prompt + output) per sequence; "
+                                "each slot's cache is sized for this, and memory is only used as it fills")
+    prefill_chunk_tokens: int = Field(256, ge=1, le=8192, description="prompt tokens written per step, so a long "
+                                      "prompt delays the other sequences by at most one chunk at a time")
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens of a chat request that sends none "
+                                    "(completions default to 16, like OpenAI's); capped by the context left")
+
+
 class ModelConfig(Settings):
     """One served model."""
 
@@ -99,6 +112,7 @@ class ModelConfig(Settings):
     verify_sha256: bool = Field(True, description="check the file against the card's sha256 at load")
     enabled: bool = Field(True, description="load this model at start-up")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
     @model_validator(mode="before")
     @classmethod

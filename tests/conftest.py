@@ -65,3 +65,11 @@ def tiny_fs(tmp_path: Path):
                     "tests/unit/test_metrics_files.py covers a full disk with RLIMIT_FSIZE")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A real converted model folder (ONNX + tokenizer + card) from a tiny random Llama GGUF."""
+    from tests.tinyllama import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("llm") / "tiny")

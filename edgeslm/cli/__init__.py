@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "edgeslm.cli.store",
     "edgeslm.cli.quantize",
     "edgeslm.cli.stats",
+    "edgeslm.cli.generate",
 )
 
 

@@ -37,7 +37,9 @@ def _describe_files(path: Path) -> list[str]:
     for name in MODEL_FILES:
         if (path / name).is_file():
             entry = card.file(path / name)
-            lines.append(f"  {name:<13} {_mb((path / name).stat().st_size):>9}  {entry.quantization or ''}")
+            data = path / f"{name}.data"  # ONNX weights kept in a side file count too
+            size = (path / name).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+            lines.append(f"  {name:<13} {_mb(size):>9}  {entry.quantization or ''}")
     return lines
 
 

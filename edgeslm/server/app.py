@@ -19,6 +19,7 @@ from edgeslm.errors import BadInputError
 from edgeslm.metrics.service import Metrics
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.completions import Completions
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_api import mount_edge
 from edgeslm.server.openapi import openapi_document
@@ -182,6 +183,9 @@ def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
         Route("/metrics", endpoint(MetricsEndpoint(metrics).serve), methods=["GET"]),
     ]
+    completions = Completions(registry, config)
+    routes += [Route("/v1/completions", endpoint(completions.completions), methods=["POST"]),
+               Route("/v1/chat/completions", endpoint(completions.chat), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.api = api
     mount_edge(app, edge, config)

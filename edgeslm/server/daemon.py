@@ -58,7 +58,8 @@ def _describe_models(registry: ModelRegistry) -> list[str]:
         info = model.info()
         size_mb = info["file_size_bytes"] / 1e6
         check = model.selfcheck
-        checked = f", selfcheck ok (min cosine {check['min_cosine']:.4f})" if check else ""
+        checked = "" if not check else (f", selfcheck ok (min cosine {check['min_cosine']:.4f})"
+                                        if "min_cosine" in check else ", selfcheck ok")
         lines.append(f"  {name}: ready - {info.get('runtime_version', info['runtime'])}, {model.path.name} "
                      f"{size_mb:.1f} MB, {info.get('quantization') or 'unknown quantization'}; "
                      f"tasks {', '.join(model.tasks)}{checked}")

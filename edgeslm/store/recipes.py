@@ -58,7 +58,7 @@ CATALOGUE: dict[str, Recipe] = {
             description="SmolLM2-135M-Instruct chat model, GGUF Q4_1 carried over exactly to ONNX (text generation)",
             license="Apache-2.0",
             build="edgeslm.convert.smollm2:build",
-            extras=("convert",),
+            extras=("gguf",),
         ),
         Recipe(
             name="minilm-l6",

@@ -217,6 +217,17 @@ class _Waiter:
         return self._completion if self._event.wait(timeout_s) else None
 
 
+def load_model(config: ModelConfig, **kwargs: Any) -> Any:
+    """A ServedModel, or a GenerativeModel when the card's tasks include generate."""
+    if kwargs.get("engine") is None and config.path is not None and config.path.exists():
+        path, card = locate_model(config.path, config.runtime)
+        if "generate" in card.model.tasks:
+            from edgeslm.tasks.llm import GenerativeModel
+
+            return GenerativeModel.load(config, path, card)
+    return ServedModel.load(config, **kwargs)
+
+
 class ModelRegistry:
     """Every configured model by name: served, or failed with the reason."""
 
@@ -234,7 +245,7 @@ class ModelRegistry:
                 continue
             registry.configs[config.name] = config
             try:
-                registry.models[config.name] = ServedModel.load(config, **kwargs)
+                registry.models[config.name] = load_model(config, **kwargs)
             except EdgeslmError as exc:
                 registry.failed[config.name] = str(exc)
                 log.error("model %s failed to load: %s", config.name, exc)
