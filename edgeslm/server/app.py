@@ -183,7 +183,7 @@ def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
         Route("/metrics", endpoint(MetricsEndpoint(metrics).serve), methods=["GET"]),
     ]
-    completions = Completions(registry, config)
+    completions = Completions(registry, config, metrics.recorder if metrics is not None else None)
     routes += [Route("/v1/completions", endpoint(completions.completions), methods=["POST"]),
                Route("/v1/chat/completions", endpoint(completions.chat), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from edgeslm.config import Config
 from edgeslm.core.sampling import SamplingParams
 from edgeslm.errors import BadInputError, CancelledError, DeadlineError, EdgeslmError
+from edgeslm.metrics.recorder import Recorder, RequestCall
 from edgeslm.server.bridge import json_response, parse, read_body
 from edgeslm.server.completion_schemas import ChatRequest, CompletionRequest, SamplingFields
 from edgeslm.tasks.generate import Generation, GenerationEvent, GenerationRequest
@@ -71,9 +72,10 @@ async def _watch_disconnect(request: Request, on_gone: Callable[[], None]) -> No
 class Completions:
     """Handlers for the two generation endpoints over a registry."""
 
-    def __init__(self, registry: ModelRegistry, config: Config):
+    def __init__(self, registry: ModelRegistry, config: Config, recorder: Recorder | None = None):
         self.registry = registry
         self.server = config.server
+        self.recorder = recorder
 
     def _model(self, name: str | None) -> GenerativeModel:
         model = self.registry.get(name, "generate")
@@ -130,6 +132,9 @@ class Completions:
         watcher = asyncio.get_running_loop().create_task(
             _watch_disconnect(request, lambda: (generation.cancel(), listener.fail(CancelledError("client gone")))))
         events = self._events(listener, generation, model.name)
+        if self.recorder is not None:
+            call = self.recorder.open(model.name, "generate", 1, len(ids), request.headers.get("x-request-id"))
+            events = _recorded(events, call, self.recorder.clock())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(self._sse(events, head, chat, include_usage, watcher, generation.cancel),
@@ -207,6 +212,31 @@ class Completions:
             cancel()
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
+
+
+async def _recorded(events: AsyncIterator[GenerationEvent], call: RequestCall, started: float
+                    ) -> AsyncIterator[GenerationEvent]:
+    """Pass events through; when the generation ends (or its reader stops), write its request record.
+
+    Energy: the record's window is the sequence's first to last step, and its `batch_rows` the mean
+    number of sequences sharing those steps, so the recorder charges it its share of the window.
+    """
+    status = "cancelled"
+    try:
+        async for event in events:
+            if event.finish_reason is not None:
+                status = "ok" if event.finish_reason in ("stop", "length") else event.finish_reason
+                call.tokens_out = event.completion_tokens
+                if event.timing is not None:
+                    enqueued, begun, ended, share_s = event.timing
+                    call.enqueued, call.started, call.ended = enqueued, begun, ended
+                    call.batch_rows = max(1, round((ended - begun) / share_s)) if share_s > 0 else 1
+            yield event
+    except EdgeslmError as exc:
+        status = exc.code
+        raise
+    finally:
+        call.finish(status, started)
 
 
 def _usage(event: GenerationEvent) -> dict[str, int]:

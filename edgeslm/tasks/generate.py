@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,16 +41,21 @@ class GenerationEvent:
     prompt_tokens: int
     finish_reason: str | None = None
     error: BaseException | None = None
+    # On the last event: (enqueued, first step, finished, share_s) on the generator's clock, where
+    # share_s sums each step's duration divided by the sequences in that step (this sequence's share).
+    timing: tuple[float, float, float, float] | None = None
 
 
 OnEvent = Callable[[GenerationEvent], None]
 
 
 class _Job:
-    __slots__ = ("sampler", "stream", "on_event", "request")
+    __slots__ = ("sampler", "stream", "on_event", "request", "enqueued", "started", "share_s")
 
-    def __init__(self, request: GenerationRequest, sampler: Sampler, stream: TextStream, on_event: OnEvent):
+    def __init__(self, request: GenerationRequest, sampler: Sampler, stream: TextStream, on_event: OnEvent,
+                 enqueued: float):
         self.request, self.sampler, self.stream, self.on_event = request, sampler, stream, on_event
+        self.enqueued, self.started, self.share_s = enqueued, None, 0.0
 
 
 class Generation:
@@ -82,7 +88,8 @@ class Generator:
     """
 
     def __init__(self, decoder: Decoder, tokenizer: Tokenizer, *, stop_token_ids: Sequence[int], max_queue: int,
-                 prefill_chunk: int, name: str = "generate"):
+                 prefill_chunk: int, name: str = "generate", clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.stop_ids = frozenset(int(i) for i in stop_token_ids)
@@ -94,6 +101,7 @@ class Generator:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._deadline_passed = threading.Event()
+        self._step = (0.0, 0)  # (start, sequences) of the step running now, for energy shares
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"generate-{self.name}", daemon=True)
@@ -110,7 +118,7 @@ class Generator:
                 f"{self.decoder.context}-token context: lower max_tokens or shorten the prompt", param="max_tokens")
         sampler = Sampler(request.sampling, self.decoder.layout.vocab)
         sampler.observe(prompt)
-        job = _Job(request, sampler, TextStream(self.tokenizer, request.stop), on_event)
+        job = _Job(request, sampler, TextStream(self.tokenizer, request.stop), on_event, self.clock())
         seq = Seq(prompt=prompt, max_new=request.max_tokens, payload=job)
         return Generation(self, self.scheduler.submit(seq))
 
@@ -118,7 +126,13 @@ class Generator:
         job: _Job = seq.payload
         if finish is not None:
             self.finished[finish] = self.finished.get(finish, 0) + 1
-        event = GenerationEvent(text, seq.generated, len(seq.prompt), finish, error)
+        timing = None
+        if finish is not None:
+            now = self.clock()
+            began, sharing = self._step
+            share = job.share_s + (now - began) / sharing if sharing else job.share_s
+            timing = (job.enqueued, now if job.started is None else job.started, now, share)
+        event = GenerationEvent(text, seq.generated, len(seq.prompt), finish, error, timing)
         try:
             job.on_event(event)
         except Exception:  # a broken listener must not stop the batch
@@ -170,10 +184,16 @@ class Generator:
     def _run(self, step: Step) -> None:
         rows = list(step.decode)
         involved = list(rows)
+        if step.prefill is not None:
+            involved.append(step.prefill[0])
+        began = self.clock()
+        for seq in involved:
+            if seq.payload.started is None:
+                seq.payload.started = began
+        self._step = (began, len(involved))
         try:
             if step.prefill is not None:
                 seq = step.prefill[0]
-                involved.append(seq)
                 self._prefill(*step.prefill)
                 if seq.state is State.DECODE:
                     rows.append(seq)  # its prompt is cached: it decodes in this very step
@@ -186,6 +206,11 @@ class Generator:
             for seq in involved:
                 if seq.state is not State.DONE:
                     self._finish(seq, "error", error=error)
+        finally:
+            spent = (self.clock() - began) / len(involved)
+            for seq in involved:
+                seq.payload.share_s += spent
+            self._step = (0.0, 0)
 
     def _loop(self) -> None:
         while True:

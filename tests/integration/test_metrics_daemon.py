@@ -105,3 +105,28 @@ def test_full_disk_drops_records_but_every_request_is_answered(tmp_path, tiny_fs
     assert log.count("cannot write metrics records") == 1 and "No space left on device" in log
     kept = list(read_records(tiny_fs / "metrics"))
     assert 0 < len(kept) < 200
+
+
+def test_generation_requests_are_recorded_with_tokens_and_energy(tmp_path, tiny_llm):
+    folder = tmp_path / "metrics"
+    text = (f'[[models]]\nname = "tiny"\npath = "{tiny_llm}"\n\n[metrics]\ndir = "{folder}"\n'
+            "flush_interval_s = 0.3\nsample_hz = 5\nrecord_interval_s = 1\n")
+    daemon = Daemon(tmp_path, text).start()
+    try:
+        with daemon.client() as client:
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+                    "ignore_eos": True}
+            assert client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "plain"}).status_code == 200
+            with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
+                               headers={"X-Request-Id": "streamed"}) as r:
+                assert r.status_code == 200 and b"[DONE]" in r.read()
+        records = wait_for(lambda: (lambda rs: rs if len(rs) >= 2 else None)(
+            [r for r in read_records(folder) if r["kind"] == "request"]))
+    finally:
+        assert daemon.stop() == 0
+    by_id = {r["id"]: r for r in records}
+    for rid in ("plain", "streamed"):
+        r = by_id[rid]
+        assert r["task"] == "generate" and r["status"] == "ok" and r["model"] == "tiny"
+        assert r["tokens_out"] == 6 and r["tokens_in"] > 0
+        assert 0 < r["run_ms"] <= r["total_ms"] and r["batch"] >= 1 and r["energy_j"] >= 0
