@@ -139,9 +139,10 @@ INTENTS = [
 TRIGGER_PIN, BUSY_LED, ERROR_LED = 17, 23, 24
 
 
-def voice_daemon_config(vad: Path, *, device: str = "voicefile") -> str:
+def voice_daemon_config(vad: Path, *, device: str = "voicefile", metrics_dir: Path | None = None) -> str:
     """Mock pins, a push button on BCM 17 that starts capture, an output per intent, busy and error LEDs."""
-    lines = ["[gpio]", 'backend = "mock"', f"busy_led_pin = {BUSY_LED}", f"error_led_pin = {ERROR_LED}",
+    lines = [f'[metrics]\ndir = "{metrics_dir}"\nflush_interval_s = 0.3\n'] if metrics_dir else []
+    lines += ["[gpio]", 'backend = "mock"', f"busy_led_pin = {BUSY_LED}", f"error_led_pin = {ERROR_LED}",
              "error_led_s = 0", "", "[[gpio.triggers]]", f"pin = {TRIGGER_PIN}", 'name = "talk"',
              'action = { type = "voice", mode = "press_to_start" }', ""]
     for pin in sorted({pin for *_, pin, _ in INTENTS} | {BUSY_LED, ERROR_LED}):

@@ -152,7 +152,18 @@ class Recorder:
             return
         self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
                                call.tokens_in, call.tokens_out, call.request_id, call.enqueued, call.started,
-                               call.ended, call.batch_rows, call.more))
+                               call.ended, call.batch_rows, call.more, None))
+
+    def record(self, model: str, task: str, status: str, *, started_at: float, ended_at: float,
+               extra: dict | None = None) -> None:
+        """A piece of work done off the HTTP path (a voice command), from any thread: it is charged the
+        energy of its whole window (recorder's clock), and `extra` joins its record."""
+        if len(self._finished) >= self.max_pending:
+            self.overflowed += 1
+            return
+        self.last_finished = ended_at
+        self._finished.append((self.wall_clock(), ended_at, model, task, status, 1, ended_at - started_at, None,
+                               None, next(self._ids), started_at, started_at, ended_at, 1, None, extra))
 
     def activity(self) -> tuple[int, float]:
         return self.in_flight, self.last_finished
@@ -267,6 +278,8 @@ class Recorder:
             record["tokens_in"] = tokens_in
         if tokens_out is not None:
             record["tokens_out"] = tokens_out
+        if entry[15]:
+            record.update(entry[15])
         joules = self._energy(batches, batch_j)
         if joules is not None:
             record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6

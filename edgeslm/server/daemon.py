@@ -88,7 +88,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     try:
         registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
         metrics = open_metrics(config, registry)
-        edge = EdgeServices.start(config, registry)
+        edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
         app = build_app(registry, config, edge, metrics)
         uv_config = uvicorn.Config(
             app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="warning",

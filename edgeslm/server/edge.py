@@ -19,7 +19,7 @@ from edgeslm.tasks.vad import SileroVad
 from edgeslm.voice.actions import ActionRunner
 from edgeslm.voice.intents import intent_resolver
 from edgeslm.voice.pipeline import FRAME_S, VoicePipeline
-from edgeslm.voice.service import VoiceService
+from edgeslm.voice.service import VoiceService, WorkRecorder
 from edgeslm.voice.speech import PhraseRecognizer
 from edgeslm.voice.triggers import TriggerRouter
 from edgeslm.voice.utterance import UtteranceRules
@@ -46,8 +46,11 @@ class EdgeServices:
 
     @classmethod
     def start(cls, config: Config, registry: ModelRegistry, *, backend: GpioBackend | None = None,
-              source_factory: Callable[[], AudioSource] | None = None, clock: Clock = time.monotonic) -> EdgeServices:
-        """Claim the configured pins and load the voice pipeline; a misconfiguration raises ConfigError."""
+              source_factory: Callable[[], AudioSource] | None = None, clock: Clock = time.monotonic,
+              recorder: WorkRecorder | None = None) -> EdgeServices:
+        """Claim the configured pins and load the voice pipeline; a misconfiguration raises ConfigError.
+
+        Each voice command writes a request record (model and task "voice", stages_ms) to `recorder`."""
         bus = EventBus()
         scheduler = TimerThread(clock)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeslm-action")
@@ -69,7 +72,8 @@ class EdgeServices:
             edge.leds = StatusLeds(edge.board, gpio.busy_led_pin, gpio.error_led_pin, gpio.error_led_s, scheduler)
             runner = edge.runner = ActionRunner(bus, edge.board, registry, edge.leds)
             if config.voice.intents:
-                edge.voice = _start_voice(config.voice, registry, runner, bus, edge.leds, source_factory, clock)
+                edge.voice = _start_voice(config.voice, registry, runner, bus, edge.leds, source_factory, clock,
+                                          recorder)
             router.append(TriggerRouter(gpio.triggers, bus, runner, edge.voice, executor))
         except BaseException:
             edge.close()
@@ -120,7 +124,8 @@ def _open_backend(config: Config) -> GpioBackend | None:
 
 
 def _start_voice(voice: VoiceConfig, registry: ModelRegistry, runner: ActionRunner, bus: EventBus,
-                 leds: StatusLeds, source_factory: Callable[[], AudioSource] | None, clock: Clock) -> VoiceService:
+                 leds: StatusLeds, source_factory: Callable[[], AudioSource] | None, clock: Clock,
+                 recorder: WorkRecorder | None = None) -> VoiceService:
     assert voice.vad.model_path is not None
     try:
         vad = SileroVad.open(voice.vad.model_path, threads=voice.vad.threads)
@@ -146,4 +151,4 @@ def _start_voice(voice: VoiceConfig, registry: ModelRegistry, runner: ActionRunn
                              buffer_s=voice.max_seconds + 2, clock=clock)
 
     return VoiceService(pipeline, source_factory or microphone, bus, leds, busy_policy=voice.busy_policy,
-                        max_queued=voice.max_queued, clock=clock)
+                        max_queued=voice.max_queued, clock=clock, recorder=recorder)

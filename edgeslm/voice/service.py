@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +19,15 @@ from edgeslm.hw.gpio.board import StatusLeds
 from edgeslm.voice.pipeline import VoicePipeline, VoiceResult
 
 log = logging.getLogger(__name__)
+
+
+class WorkRecorder(Protocol):
+    """Where finished commands are recorded (edgeslm.metrics.Recorder)."""
+
+    clock: Callable[[], float]
+
+    def record(self, model: str, task: str, status: str, *, started_at: float, ended_at: float,
+               extra: dict | None = None) -> None: ...
 
 
 @dataclass
@@ -39,8 +48,9 @@ class VoiceService:
 
     def __init__(self, pipeline: VoicePipeline, source_factory: Callable[[], AudioSource], bus: EventBus,
                  leds: StatusLeds, *, busy_policy: str = "ignore", max_queued: int = 2,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, recorder: WorkRecorder | None = None):
         self.pipeline, self._source_factory, self.bus, self.leds = pipeline, source_factory, bus, leds
+        self.recorder = recorder
         self.busy_policy, self.max_queued, self._clock = busy_policy, max_queued, clock
         self._cond = threading.Condition()
         self._queue: deque[_Capture] = deque()
@@ -103,22 +113,35 @@ class VoiceService:
                                           context=capture.context)
             return lambda: self.publish_result(result, capture.context)
         except MicrophoneError as exc:
-            return self._error(exc.code, exc.message, "microphone", capture.context)
+            return self._error(exc.code, exc.message, "microphone", capture.context, capture.pressed_at)
         except EdgeslmError as exc:
-            return self._error(exc.code, exc.message, "voice", capture.context)
+            return self._error(exc.code, exc.message, "voice", capture.context, capture.pressed_at)
         except Exception as exc:
             log.exception("voice pipeline failed")
             return self._error("internal_error", f"{type(exc).__name__}: {exc} (the log has the traceback)",
-                               "voice", capture.context)
+                               "voice", capture.context, capture.pressed_at)
         finally:
             self.leds.busy(-1)
 
-    def _error(self, code: str, message: str, source: str, context: dict[str, Any]) -> Callable[[], None]:
+    def _error(self, code: str, message: str, source: str, context: dict[str, Any], pressed_at: float
+               ) -> Callable[[], None]:
         log.error("voice: %s", message)
         self.leds.show_error()
+        self._record(code, {"source": context.get("source")}, (self._clock() - pressed_at) * 1000)
         return lambda: self.bus.publish("error", **{**context, "code": code, "message": message, "source": source})
 
+    def _record(self, status: str, extra: dict[str, Any], total_ms: float) -> None:
+        """One request record per command: its window (press, or upload, to done) is charged its energy."""
+        if self.recorder is not None:
+            now = self.recorder.clock()
+            self.recorder.record("voice", "voice", status, started_at=now - total_ms / 1000, ended_at=now,
+                                 extra=extra)
+
     def publish_result(self, result: VoiceResult, context: dict[str, Any]) -> None:
+        self._record("ok", {"source": context.get("source"), "result": result.status, "reason": result.reason,
+                            "intent": result.intent, "stages_ms": {k: round(v, 3) for k, v in result.latency_ms.items()
+                                                                   if k != "total"}},
+                     result.latency_ms.get("total", 0.0))
         data = {**context, **result.event_data()}
         if result.status == "intent":
             self.leds.succeeded()

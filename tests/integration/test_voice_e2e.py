@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import wave
 
 import pytest
 
+from edgeslm.metrics.files import read_records
 from tests.integration.conftest import Daemon
 from tests.voice_assets import (
     ERROR_LED,
@@ -34,7 +36,8 @@ needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSIN
 def voice_daemon(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("voice")
     (workdir / ".asoundrc").write_text(asoundrc(workdir / "utterance.raw"))  # arecord -D voicefile replays it
-    daemon = Daemon(workdir, voice_daemon_config(silero_vad_onnx()), env={"HOME": str(workdir)}).start()
+    daemon = Daemon(workdir, voice_daemon_config(silero_vad_onnx(), metrics_dir=workdir / "metrics"),
+                    env={"HOME": str(workdir)}).start()
     reader = EventReader(daemon.socket)
     yield daemon, reader
     reader.close()
@@ -77,6 +80,18 @@ def test_spoken_commands_drive_their_outputs(voice_daemon):
     print("\nspoken command -> event, intent, transcript, outputs changed:")
     for row in results:
         print("  ", row)
+    # every command is a request record too: its stages, and the energy of its window
+    deadline = time.monotonic() + 20
+    while len(voice := [r for r in read_records(daemon.workdir / "metrics") if r.get("model") == "voice"]) < len(
+            INTENTS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(voice) >= len(INTENTS), voice
+    for record in voice[-len(INTENTS):]:
+        assert (record["kind"], record["task"], record["status"], record["result"]) == ("request", "voice", "ok",
+                                                                                           "intent"), record
+        assert {"vad", "speech", "intent", "action"} <= set(record["stages_ms"]), record
+        assert 0 < record["stages_ms"]["speech"] < record["total_ms"] and record["energy_j"] >= 0, record
+    assert [r["intent"] for r in voice[-len(INTENTS):]] == [name for name, *_ in INTENTS]
 
 
 @needs_tools

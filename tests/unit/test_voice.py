@@ -247,7 +247,20 @@ class GatedPipeline:
         return VoiceResult(status="no_match", reason="released" if stop.is_set() else "no_speech")
 
 
-def service_rig(policy: str, source_error: MicrophoneError | None = None):
+class ListRecorder:
+    """Fake metrics recorder: keeps what `record` was given."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+
+    def clock(self) -> float:
+        return 100.0
+
+    def record(self, model, task, status, *, started_at, ended_at, extra=None) -> None:
+        self.records.append((model, task, status, round(ended_at - started_at, 3), extra))
+
+
+def service_rig(policy: str, source_error: MicrophoneError | None = None, recorder: ListRecorder | None = None):
     clock = ManualScheduler()
     config = GpioConfig.model_validate({"outputs": [{"pin": 23}, {"pin": 24}], "busy_led_pin": 23,
                                         "error_led_pin": 24, "error_led_s": 0})
@@ -257,7 +270,7 @@ def service_rig(policy: str, source_error: MicrophoneError | None = None):
     events = bus.subscribe()
     pipeline = GatedPipeline()
     service = VoiceService(pipeline, lambda: ArraySource(np.zeros(10), error=source_error), bus, leds,
-                           busy_policy=policy, max_queued=1)
+                           busy_policy=policy, max_queued=1, recorder=recorder)
     return service, pipeline, events, board
 
 
@@ -311,13 +324,19 @@ def test_push_to_talk_release_ends_the_capture():
 
 def test_no_microphone_is_an_error_event_and_the_error_led_until_a_success():
     error = MicrophoneError("cannot capture from 'hw:9,0': no such card", code="mic_unavailable")
-    service, pipeline, events, board = service_rig("ignore", source_error=error)
+    recorder = ListRecorder()
+    service, pipeline, events, board = service_rig("ignore", source_error=error, recorder=recorder)
     service.press(trigger="talk", pin=17)
     event = wait_for(events, "error")
     assert event.data["code"] == "mic_unavailable" and event.data["source"] == "microphone"
     assert board.is_on(24) and not board.is_on(23)
     assert service.press(trigger="talk", pin=17) == "started"  # still alive
     wait_for(events, "error")
-    service.publish_result(VoiceResult(status="intent", intent="x"), {})
+    service.publish_result(VoiceResult(status="intent", intent="x", latency_ms={"speech": 40.0, "total": 90.0}),
+                           {"source": "upload"})
     assert not board.is_on(24)  # error_led_s = 0: off at the next success
     service.close()
+    # each command is a request record: errors under their code, results with their stages
+    assert [r[:3] for r in recorder.records] == [("voice", "voice", "mic_unavailable")] * 2 + [("voice", "voice", "ok")]
+    assert recorder.records[-1][3:] == (0.09, {"source": "upload", "result": "intent", "reason": None, "intent": "x",
+                                               "stages_ms": {"speech": 40.0}})
