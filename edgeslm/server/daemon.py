@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -102,6 +103,10 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         if not registry.models:
             print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
         print(f"try: curl --unix-socket {path} http://localhost/ready   (Ctrl-C stops)", file=out, flush=True)
+        # What start-up built (models, tokenizers, the app) lives as long as the daemon: out of the collector's
+        # sight, a full collection no longer walks it between requests.
+        gc.collect()
+        gc.freeze()
         server = DaemonServer(uv_config)
         edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
         server.run(sockets=[sock])
