@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeslm.errors import PullError
 from edgeslm.store.progress import Progress
+from edgeslm.tasks.vad import reference_signal
 
 MODEL_FILE = "silero_vad_16k_op15.onnx"  # the 16 kHz-only graph (the default one also takes 8 kHz)
 SAMPLE_RATE_HZ = 16000
@@ -16,18 +17,6 @@ CHUNK_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 STATE_SHAPE = (2, 1, 128)
 REFERENCE_CHUNKS = 16
-
-
-def reference_signal(chunks: int = REFERENCE_CHUNKS) -> np.ndarray:
-    """A deterministic test signal: silence, then a vowel-like harmonic tone, then silence. float32 in [-1, 1]."""
-    n = chunks * CHUNK_SAMPLES
-    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE_HZ
-    pitch = 140.0 + 30.0 * np.sin(2 * np.pi * 3.0 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE_HZ
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t))
-    envelope = np.zeros(n)
-    envelope[n // 4: 3 * n // 4] = 0.3
-    return (voiced * envelope).astype(np.float32)
 
 
 def stream_probabilities(session, signal: np.ndarray) -> np.ndarray:
@@ -70,7 +59,7 @@ def build(source: Path, out: Path, progress: Progress) -> None:
     if names != ({"input", "state", "sr"}, {"output", "stateN"}):
         raise PullError(f"silero VAD's inputs/outputs changed ({names}); update the recipe")
     silence = stream_probabilities(session, np.zeros(8 * CHUNK_SAMPLES, np.float32))
-    expected = stream_probabilities(session, reference_signal())
+    expected = stream_probabilities(session, reference_signal(REFERENCE_CHUNKS))
     progress.advance()
     if silence.max() > 0.2 or expected.max() < 0.5:
         raise PullError(f"silero VAD does not tell silence ({silence.max():.2f}) from a voiced tone "
@@ -93,7 +82,7 @@ def build(source: Path, out: Path, progress: Progress) -> None:
                      "and the input's last 64 samples as context",
         },
         "vad_selfcheck": {
-            "signal": "edgeslm.convert.silero.reference_signal()", "chunks": REFERENCE_CHUNKS,
+            "signal": "edgeslm.tasks.vad.reference_signal()", "chunks": REFERENCE_CHUNKS,
             "expected": [round(float(p), 5) for p in expected], "max_abs_error": 0.02,
         },
     }

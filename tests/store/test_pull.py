@@ -56,7 +56,8 @@ def test_minilm_folder_has_both_formats_and_tokenizer(store: Path):
 def test_silero_vad_streams_like_its_card_says(store: Path):
     import onnxruntime as ort
 
-    from edgeslm.convert.silero import reference_signal, stream_probabilities
+    from edgeslm.convert.silero import stream_probabilities
+    from edgeslm.tasks.vad import reference_signal
 
     folder = store / "silero-vad"
     card = tomllib.loads((folder / "model.toml").read_text())
