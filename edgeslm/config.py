@@ -228,16 +228,22 @@ class Config(Settings):
 
     @model_validator(mode="after")
     def _place_store_models(self, info: ValidationInfo) -> Config:
-        # `store = "NAME"` entries serve the folder NAME of the model store; the store's default
-        # location depends on the environment ($STATE_DIRECTORY under systemd), passed as context.
-        if not any(m.store for m in self.models):
+        # `store = "NAME"` entries serve the folder NAME of the model store, and voice commands use the store's
+        # silero-vad unless told otherwise; the store's default location depends on the environment
+        # ($STATE_DIRECTORY under systemd), passed as context.
+        vad_default = bool(self.voice.intents) and self.voice.vad.model_path is None
+        if not any(m.store for m in self.models) and not vad_default:
             return self
         from edgeslm.store.location import store_dir
 
         env = (info.context or {}).get("env", os.environ)
         root = store_dir(self.store.dir, env)
         placed = [m.model_copy(update={"path": root / m.store}) if m.store else m for m in self.models]
-        return self.model_copy(update={"models": placed})
+        update: dict[str, Any] = {"models": placed}
+        if vad_default:
+            vad = self.voice.vad.model_copy(update={"model_path": root / "silero-vad" / "model.onnx"})
+            update["voice"] = self.voice.model_copy(update={"vad": vad})
+        return self.model_copy(update=update)
 
     @model_validator(mode="after")
     def _check_wiring(self) -> Config:
@@ -372,7 +378,8 @@ class GpioConfig(Settings):
 class VadConfig(Settings):
     """Silero VAD: where an utterance starts and ends."""
 
-    model_path: Path | None = Field(None, description="Silero VAD 16 kHz .onnx (edgeslm pull silero-vad)")
+    model_path: Path | None = Field(None, description="Silero VAD 16 kHz .onnx (default: the model store's "
+                                    "silero-vad/model.onnx, from `edgeslm pull silero-vad`)")
     threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that starts speech")
     min_silence_ms: float = Field(500.0, ge=32, le=10_000, description="trailing silence that ends the utterance")
     min_speech_ms: float = Field(96.0, ge=0, le=5000, description="shorter bursts of speech are ignored")
@@ -445,9 +452,6 @@ class VoiceConfig(Settings):
             for j, action in enumerate(intent.action):
                 if isinstance(action, VoiceAction):
                     raise ValueError(f"voice.intents[{i}].action[{j}]: a voice action only fits a GPIO trigger")
-        if self.intents and self.vad.model_path is None:
-            raise ValueError("voice.vad.model_path is not set; run `edgeslm pull silero-vad` and point it at the "
-                             "16 kHz .onnx")
         return self
 
 

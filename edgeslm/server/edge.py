@@ -126,7 +126,11 @@ def _open_backend(config: Config) -> GpioBackend | None:
 def _start_voice(voice: VoiceConfig, registry: ModelRegistry, runner: ActionRunner, bus: EventBus,
                  leds: StatusLeds, source_factory: Callable[[], AudioSource] | None, clock: Clock,
                  recorder: WorkRecorder | None = None) -> VoiceService:
-    assert voice.vad.model_path is not None
+    assert voice.vad.model_path is not None  # the config places the store's silero-vad when none is given
+    if not voice.vad.model_path.is_file():
+        raise ConfigError(f"voice.vad.model_path: {voice.vad.model_path} does not exist; run `edgeslm pull "
+                          "silero-vad` (the default path is the store's), or set [voice.vad] model_path",
+                          param="voice.vad.model_path")
     try:
         vad = SileroVad.open(voice.vad.model_path, threads=voice.vad.threads)
     except ModelLoadError as exc:

@@ -37,7 +37,6 @@ def load(tmp_path: Path, text: str):
     (TRIGGER, "gpio.triggers[0].action[0] starts voice capture but [[voice.intents]] is empty"),
     ('[[gpio.triggers]]\npin = 4\nhold_action = { type = "event", name = "x" }\n',
      "gpio.triggers[0].hold_action needs hold_ms > 0"),
-    (INTENT, "voice.vad.model_path is not set; run `edgeslm pull silero-vad`"),
     (VAD + INTENT + '[[voice.intents]]\nname = "lights_off"\nphrases = ["Turn on the  light"]\n',
      "voice.intents[1].phrases[0]: 'Turn on the  light' also belongs to intent 'lights_on'"),
     (VAD + INTENT + '[[voice.intents]]\nname = "x"\nphrases = ["stop"]\naction = { type = "voice" }\n',
@@ -50,6 +49,14 @@ def test_misconfiguration_names_the_entry(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text)
     assert message in str(info.value), str(info.value)
+
+
+def test_voice_uses_the_stores_silero_vad_unless_told_otherwise(tmp_path):
+    path = tmp_path / "edgeslm.toml"
+    path.write_text(f'[store]\ndir = "{tmp_path / "store"}"\n' + INTENT)
+    assert load_config(path, {}).voice.vad.model_path == tmp_path / "store" / "silero-vad" / "model.onnx"
+    path.write_text(VAD + INTENT)
+    assert load_config(path, {}).voice.vad.model_path.name != "model.onnx"
 
 
 def test_a_full_wiring_loads_with_paths_relative_to_the_file(tmp_path):
@@ -76,3 +83,12 @@ def test_serve_exits_78_on_a_bad_wiring(tmp_path):
                            str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 78
     assert "gpio.outputs[1].pin: pin 17 is already used by gpio.outputs[0]; use each pin once" in done.stderr
+
+
+def test_serve_exits_78_when_the_vad_model_is_not_pulled(tmp_path):
+    path = tmp_path / "voice.toml"
+    path.write_text(f'[store]\ndir = "{tmp_path / "store"}"\n[gpio]\nbackend = "mock"\n' + INTENT)
+    done = subprocess.run([sys.executable, "-m", "edgeslm", "serve", "--config", str(path), "--socket",
+                           str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 78, done.stderr
+    assert "voice.vad.model_path" in done.stderr and "edgeslm pull silero-vad" in done.stderr
