@@ -19,6 +19,8 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 COMMAND_MODULES = (
     "edgeslm.cli.serve",
     "edgeslm.cli.query",
+    "edgeslm.cli.reload",
+    "edgeslm.cli.doctor",
 )
 
 

@@ -26,9 +26,9 @@ def models_from_flags(specs: Sequence[str], runtime: str) -> list[Any]:
     return models
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def config_from(args: argparse.Namespace) -> Any:
+    """The config file (or defaults) with the command line's overrides; read again on every reload."""
     from edgeslm.config import load_config
-    from edgeslm.server.daemon import serve
 
     config = load_config(args.config)
     updates: dict[str, Any] = {}
@@ -36,10 +36,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         updates["server"] = config.server.model_copy(update={"socket_path": args.socket})
     if args.model:
         updates["models"] = models_from_flags(args.model, args.runtime)
-    if updates:
-        config = config.model_copy(update=updates)
-    logging.getLogger().setLevel((args.log_level or config.server.log_level).upper())
-    return serve(config)
+    if args.log_level:
+        updates["server"] = updates.get("server", config.server).model_copy(update={"log_level": args.log_level})
+    return config.model_copy(update=updates) if updates else config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeslm.server.daemon import serve
+
+    config = config_from(args)
+    logging.getLogger().setLevel(config.server.log_level.upper())
+    return serve(config, read_config=lambda: config_from(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ from edgeslm.errors import BadInputError
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
 from edgeslm.server.openapi import openapi_document
+from edgeslm.server.reload import reload_endpoint
 from edgeslm.tasks.served import ModelRegistry
 from edgeslm.tasks.tensors import datatype_of
 
@@ -173,6 +174,7 @@ def build_app(registry: ModelRegistry, config: Config) -> Starlette:
         Route("/v2/models/{name:str}", endpoint(api.model_metadata), methods=["GET"]),
         Route("/v2/models/{name:str}/infer", endpoint(api.infer), methods=["POST"]),
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
+        Route("/admin/reload", endpoint(reload_endpoint), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.api = api
