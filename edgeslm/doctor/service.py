@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+
 from edgeslm.doctor.report import Context, Finding
 from edgeslm.errors import ConfigError, ModelLoadError
 
