@@ -205,7 +205,8 @@ class Reloader:
                                    ("server", "models", "access") and getattr(old, name) != getattr(new, name)]
         if self.api is not None:
             self.api.server = new.server  # limits and timeouts apply from the next request
-        logging.getLogger().setLevel(new.server.log_level.upper())
+        if new.server.log_level != old.server.log_level:
+            logging.getLogger().setLevel(new.server.log_level.upper())
         if self.access is not None:
             fresh = AccessPolicy.from_config(new.access, own_uid=self.access.own_uid)
             self.access.allow_uids, self.access.allow_gids = fresh.allow_uids, fresh.allow_gids

@@ -12,6 +12,7 @@ def pytest_collection_modifyitems(items):
         if "tests/system/" in str(item.fspath):
             item.add_marker(pytest.mark.system)
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.timeout(3600))  # first runs debootstrap; later ones reuse its tarball
 
 
 @pytest.fixture

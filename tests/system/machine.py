@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import shutil
 import subprocess
@@ -110,8 +109,18 @@ class Container:
     def run(self, *command: str, timeout_s: float = 1800) -> subprocess.CompletedProcess:
         return run(*self._base(), "--pipe", *command, timeout_s=timeout_s)
 
-    def boot(self, timeout_s: float = 900) -> subprocess.CompletedProcess:
-        """Boot, let the units inside run, return when something inside calls `systemctl exit N`."""
-        env = dict(os.environ, SYSTEMD_NSPAWN_TMPFS_TMP="1")
-        return subprocess.run([*self._base(), "--boot", "--console=pipe"], capture_output=True, text=True,
-                              timeout=timeout_s, env=env)
+    def boot(self, log: Path, timeout_s: float = 900) -> int:
+        """Boot, let the units inside run until one calls `systemctl exit N`; returns N. Console output -> log."""
+        with open(log, "wb") as out:
+            process = subprocess.Popen([*self._base(), "--boot", "--console=pipe"], stdout=out,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                return process.wait(timeout_s)
+            finally:
+                if process.poll() is None:
+                    process.terminate()  # nspawn then asks the container's systemd to power off
+                    try:
+                        process.wait(30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
