@@ -20,7 +20,7 @@ def check_config(ctx: Context) -> Finding:
         ctx.config = load_config(ctx.config_path)
     except ConfigError as exc:
         ctx.config_error = str(exc)
-        return Finding("config", "fail", str(exc).splitlines()[0],
+        return Finding("config", "fail", " ".join(line.strip() for line in str(exc).splitlines()),
                        "The daemon refuses to start with this config (exit 78) and systemd does not retry.",
                        "fix the keys named above in " + str(ctx.config_path or "the config file")
                        + "; README.md describes every key")

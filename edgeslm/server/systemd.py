@@ -115,8 +115,12 @@ def listen_sockets(env: MutableMapping[str, str] | None = None) -> list[socket.s
         return []
     sockets = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            log.warning("LISTEN_FDS names descriptor %d, but it is unusable (%s); ignoring it", fd, exc.strerror)
+            continue
         if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             log.warning("passed descriptor %d is not a listening stream socket; ignoring it", fd)
             sock.detach()
