@@ -11,7 +11,7 @@ help:
 	@echo "make serve   run the daemon on the bundled model (./run/edgeslm.sock); ARGS='--socket /tmp/e.sock' to pass flags"
 	@echo "make test    run the test suite (unit + integration on real runtimes and a real socket)"
 	@echo "make bench   benchmark the bare engines against the daemon over the socket"
-	@echo "make system  slow system tier (see tests/system)"
+	@echo "make system  system tier, as root: units under a real systemd in nspawn, install.sh, Ansible, arm64 (qemu)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/classify.py $(ARGS)
+
+# Root only. Needs systemd-container, debootstrap, qemu-user-static (.ci/run installs them); the first run
+# debootstraps Debian into .cache/system (a few minutes), later runs reuse the tarballs.
+system: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m system tests/system -p no:cacheprovider -rs $(ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache

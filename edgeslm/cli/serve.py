@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="run the daemon in the foreground", formatter_class=FORMATTER,
         description="Load the configured models and answer on the Unix socket until Ctrl-C or SIGTERM,\n"
                     "which finish in-flight requests, close the models and remove the socket file.\n"
+                    "SIGHUP (or `edgeslm reload`) re-reads the config and swaps changed models in place.\n"
+                    "Under systemd it takes the socket systemd passes (LISTEN_FDS) and reports readiness,\n"
+                    "status and watchdog pings to $NOTIFY_SOCKET.\n"
                     "A bad config exits with status 78; a model that fails to load is reported in /ready\n"
                     "and the others still serve.",
         epilog="examples:\n"

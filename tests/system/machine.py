@@ -31,10 +31,10 @@ def missing_tools(*names: str) -> list[str]:
     return [name for name in names if shutil.which(name) is None]
 
 
-def rootfs_tarball(arch: str) -> Path:
+def rootfs_tarball(arch: str, packages: str | None = None, name: str = "") -> Path:
     """The cached bookworm tarball for `arch`, built by rootfs.sh the first time (minutes, then seconds)."""
-    out = CACHE / f"bookworm-{arch}.tar.gz"
-    run("bash", ROOTFS_SCRIPT, arch, out, timeout_s=3600)
+    out = CACHE / f"bookworm-{arch}{'-' + name if name else ''}.tar.gz"
+    run("bash", ROOTFS_SCRIPT, arch, out, *([packages] if packages else []), timeout_s=3600)
     return out
 
 
