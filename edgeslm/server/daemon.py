@@ -37,11 +37,11 @@ class DaemonServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, *, notifier: Notifier | None = None,
                  status: Callable[[], str] = lambda: "serving", inflight: InFlight | None = None,
-                 reloader: Reloader | None = None, reload_pending: bool = False):
+                 reloader: Reloader | None = None, hangups: list[int] | None = None):
         super().__init__(config)
         self.notifier = notifier or Notifier({})
         self.status, self.inflight, self.reloader = status, inflight, reloader
-        self.reload_pending = reload_pending
+        self.hangups = hangups if hangups is not None else []  # SIGHUPs seen before serving began
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Task] = set()
 
@@ -69,7 +69,7 @@ class DaemonServer(uvicorn.Server):
 
     def handle_reload(self, sig: int, frame: object) -> None:
         if self._loop is None or self.reloader is None:
-            self.reload_pending = True  # not serving yet: reload once we are
+            self.hangups.append(sig)  # not serving yet: reload once we are
         elif not self.should_exit:
             self._loop.call_soon_threadsafe(self.start_reload)
 
@@ -85,7 +85,7 @@ class DaemonServer(uvicorn.Server):
         if self.should_exit:
             return
         self.notifier.ready(self.status())
-        if self.reload_pending and self.reloader is not None:
+        if self.hangups and self.reloader is not None:
             log.info("a reload was asked for during start-up; reloading now")
             self.start_reload()
 
@@ -179,20 +179,20 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                                 on_reloading=notifier.reloading, on_done=lambda outcome: notifier.ready(status()))
             app.state.reloader = reloader
             server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
-                                  reloader=reloader, reload_pending=bool(hangups))
-        print(f"edgeslm {__version__} listening on {where}", file=out)
-        for line in _describe_models(registry):
-            print(line, file=out)
-        if not registry.models:
-            print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
-        if policy.restricted:
-            print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and uid "
-                  f"{policy.own_uid}; others get 403", file=out)
-        first = socket_name(sockets[0])
-        print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
-              file=out, flush=True)
-        server.run(sockets=sockets)
-        log.info("closing models")
+                                  reloader=reloader, hangups=hangups)
+            print(f"edgeslm {__version__} listening on {where}", file=out)
+            for line in _describe_models(registry):
+                print(line, file=out)
+            if not registry.models:
+                print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
+            if policy.restricted:
+                print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
+                      f"uid {policy.own_uid}; others get 403", file=out)
+            first = socket_name(sockets[0])
+            print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
+                  file=out, flush=True)
+            server.run(sockets=sockets)
+            log.info("closing models")
     finally:
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
