@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from edgeslm.server import schemas
+from edgeslm.server.reload import ReloadAnswer
 
 # (method, path, summary, request schema, response schema, error statuses)
 OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], tuple[int, ...]], ...] = (
@@ -22,6 +23,8 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      schemas.EmbeddingsResponse, (400, 404, 413, 503, 504)),
     ("post", "/v2/models/{name}/infer", "Raw tensors in and out (KServe v2; binary extension supported)",
      schemas.InferRequest, schemas.InferResponse, (400, 404, 413, 503, 504)),
+    ("post", "/admin/reload", "Re-read the config, swap changed models (root and the daemon's user)", None,
+     ReloadAnswer, (403, 422)),
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -89,6 +90,18 @@ def fingerprint(config: ModelConfig) -> Fingerprint:
                             if p.is_file() and (st := p.stat())))
     except OSError:
         return None
+
+
+class ReloadAnswer(BaseModel):
+    """The body of POST /admin/reload when it worked (a 422 error body carries it under "reload" otherwise)."""
+
+    ok: bool
+    loaded: list[str] = Field(description="models (re)loaded because their settings or files changed")
+    kept: list[str] = Field(description="unchanged models, still the same instances")
+    removed: list[str] = Field(description="models no longer in the config, closed once their requests finish")
+    still_failed: dict[str, str] = Field(description="models that failed before and still fail, with why")
+    restart_needed: list[str] = Field(description="changed settings that only a restart applies")
+    summary: str
 
 
 @dataclass

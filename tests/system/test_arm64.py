@@ -4,6 +4,7 @@ installing the wheel with its aarch64 dependencies and running the foundation's 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -20,6 +21,8 @@ PACKAGES = "python3,python3-venv,ca-certificates"
 
 def binfmt_problem() -> str | None:
     """None once aarch64 binaries run here through qemu; otherwise what stopped them."""
+    if os.geteuid() != 0:
+        return "registering binfmt and running systemd-nspawn need root"
     tools = missing_tools("qemu-aarch64-static", "debootstrap", "systemd-nspawn")
     if tools:
         return f"{', '.join(tools)} not installed (apt-get install qemu-user-static debootstrap systemd-container)"

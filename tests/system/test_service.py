@@ -4,6 +4,7 @@ and let tests/system/inside/service_checks.py drive the service from inside."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -62,6 +63,8 @@ WantedBy=multi-user.target
 
 
 def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "systemd-nspawn needs root"
     tools = missing_tools("systemd-nspawn", "debootstrap")
     if tools:
         return f"{', '.join(tools)} not installed (apt-get install systemd-container debootstrap; .ci/run does it)"
@@ -139,6 +142,8 @@ def test_service_under_real_systemd(installed, proved):
         print(f"{'PASS' if record['ok'] else 'FAIL'} {record['check']} ({record['seconds']} s): {record['detail']}")
     assert not failed, "\n".join(f"{r['check']}: {r['detail']}" for r in failed) + "\n" + output[-6000:]
     assert code == 0, output[-3000:]
+    noisy = [line for line in output.splitlines() if "edgeslm" in line and ("WARNING" in line or "ERROR" in line)]
+    print("daemon warnings and errors in the journal:", *noisy[-20:] or ["none"], sep="\n  ")
     for record in report:
         proved(f"under systemd 252 in nspawn: {record['check']} - {record['detail']}")
     proved(f"booting and running the service checks took {took:.0f} s")
