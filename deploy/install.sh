@@ -14,10 +14,12 @@ RPi.GPIO on older Pis), the systemd units, a default /etc/edgeslm/edgeslm.toml (
 one is kept), and enables edgeslm.socket, so the first request starts the daemon.
 
 options:
-  --board auto|pi5|pi|other   board to install GPIO support for (default auto: /proc/device-tree/model)
+  --board auto|pi5|pi|other   board to install GPIO support for (default auto: /proc/device-tree/model);
+                              pi means any Pi before the 5 (pi4, pi3, zero2 are accepted too)
   --source PATH               an edgeslm wheel or source folder (default: the checkout holding this script)
   --wheels DIR                install offline from this folder of wheels (pip --no-index --find-links)
   --no-start                  install and enable, but do not start the socket now
+  --detect                    print the board and the GPIO library it would install, and exit
   --uninstall                 stop and remove the units and /opt/edgeslm (config, models, logs and user stay)
   --purge                     with --uninstall: also remove /etc/edgeslm, /var/lib/edgeslm, /var/log/edgeslm
                               and the edgeslm user and group
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
         --no-start) start=0 ;;
         --uninstall) action=uninstall ;;
         --purge) purge=1 ;;
+        --detect) action=detect ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
@@ -57,7 +60,6 @@ changed() { printf '  +     %s\n' "$*"; }
 fail() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 systemd_running() { [ -d /run/systemd/system ]; }
 
-[ "$(id -u)" -eq 0 ] || fail "run as root: sudo $0 $*"
 
 detect_board() {
     # Pi 5 boards say "Raspberry Pi 5 Model B Rev 1.0" (and the CM5 "Raspberry Pi Compute Module 5").
@@ -92,6 +94,12 @@ ensure_group() {
 install_file() {  # install_file SRC DEST MODE: copy only when different; returns 0 if it changed
     if [ -f "$2" ] && cmp -s "$1" "$2"; then return 1; fi
     install -D -m "$3" "$1" "$2"
+}
+
+do_detect() {
+    [ "$board" = auto ] && board=$(detect_board)
+    echo "board: $board"
+    echo "gpio: $(gpio_package "$board")"
 }
 
 do_install() {
@@ -216,4 +224,11 @@ do_uninstall() {
     echo "edgeslm: uninstalled"
 }
 
+[ "$action" = detect ] || [ "$(id -u)" -eq 0 ] || fail "run as root: sudo $0"
+case $board in
+    auto|pi5|other) ;;
+    cm5) board=pi5 ;;
+    pi|pi4|pi3|pi2|cm4|zero2|zero) board=pi ;;
+    *) fail "--board $board: use auto, pi5, pi (pi4, pi3, zero2 ...) or other" ;;
+esac
 "do_$action"

@@ -84,12 +84,14 @@ def installed(tmp_path_factory):
     started = time.monotonic()
     tarball = rootfs_tarball(ARCH)
     wheel = build_wheel()
-    wheels = wheelhouse(ARCH, wheel, extra=("ansible-core",))
+    wheels = wheelhouse(ARCH, wheel, extra=("ansible-core", "lgpio>=0.2"))
     prepared = time.monotonic()
     root = unpack(tarball, tmp_path_factory.mktemp("nspawn") / "root")
     container = Container(root, {ROOT: "/src", wheels: "/wheels"})
-    install = ["/bin/bash", "/src/deploy/install.sh", "--source", f"/wheels/{wheel.name}", "--wheels", "/wheels",
-               "--board", "other"]
+    # The board is detected from a fixture device-tree model: this tree plays a Pi 5.
+    (root / "var/tmp/model").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    install = ["/usr/bin/env", "EDGESLM_DT_MODEL=/var/tmp/model", "/bin/bash", "/src/deploy/install.sh",
+               "--source", f"/wheels/{wheel.name}", "--wheels", "/wheels"]
     first = container.run(*install).stdout
     second = container.run(*install).stdout
     container.run("/usr/bin/python3", "-m", "venv", "/opt/ansible")
@@ -112,6 +114,8 @@ def installed(tmp_path_factory):
 def test_install_script_is_idempotent(installed, proved):
     container, first, second, timings = installed
     assert "created user edgeslm" in first and "enabled edgeslm.socket" in first, first
+    assert "installing for board 'pi5' (GPIO: lgpio>=0.2)" in first, first
+    container.run("/opt/edgeslm/venv/bin/python", "-c", "import lgpio")
     changes = [line for line in second.splitlines() if line.startswith("  +")]
     assert not changes, f"the second run changed things:\n{second}"
     assert (container.root / "etc/systemd/system/sockets.target.wants/edgeslm.socket").is_symlink()
@@ -120,7 +124,8 @@ def test_install_script_is_idempotent(installed, proved):
     verify = container.run("systemd-analyze", "verify", "/etc/systemd/system/edgeslm.socket",
                            "/etc/systemd/system/edgeslm.service")
     assert "edgeslm" not in verify.stderr, verify.stderr
-    proved("install.sh sets up user, groups, venv, config and units and enables the socket; a second run "
+    proved("install.sh detects a Pi 5 from the device-tree model and installs lgpio with edgeslm; "
+           "it sets up user, groups, venv, config and units and enables the socket; a second run "
            "changes nothing; systemd-analyze verify passes inside the installed tree "
            f"({timings['unpack and install.sh twice']:.0f} s)")
 
