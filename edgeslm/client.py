@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,10 @@ class Client:
         transport = httpx.HTTPTransport(uds=str(self.socket_path))
         self._http = httpx.Client(transport=transport, base_url="http://localhost", timeout=timeout_s)
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, content: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Any:
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body, content=content, headers=headers)
         except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
             raise DaemonUnreachableError(
                 f"no daemon answers on {self.socket_path} ({exc}); start one with `edgeslm serve` "
@@ -69,6 +71,28 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, body)
+
+    def events(self, path: str = "/v1/events") -> Iterator[tuple[str, str]]:
+        """Server-sent events as (kind, data) pairs, until the daemon ends the stream."""
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    error = response.json().get("error", {})
+                    raise DaemonError(error.get("message", "unknown error"), status=response.status_code,
+                                      code=error.get("code", "error"), param=error.get("param"))
+                kind, data = "message", []
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield kind, "\n".join(data)
+                        kind, data = "message", []
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            raise DaemonUnreachableError(f"no daemon answers on {self.socket_path} ({exc}); start one with "
+                                         "`edgeslm serve` or point at it with --socket PATH") from None
 
     def close(self) -> None:
         self._http.close()

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeslm.errors import ConfigError
 
@@ -131,6 +131,8 @@ class Config(Settings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models)
+    gpio: GpioConfig = Field(default_factory=lambda: GpioConfig())
+    voice: VoiceConfig = Field(default_factory=lambda: VoiceConfig())
     access: AccessConfig = Field(default_factory=AccessConfig)
 
     @field_validator("models")
@@ -143,10 +145,230 @@ class Config(Settings):
             seen.add(model.name)
         return models
 
+    @model_validator(mode="after")
+    def _check_wiring(self) -> Config:
+        check_wiring(self)
+        return self
+
+
+# ---- GPIO wiring and voice commands --------------------------------------------------------------------------
+
+def _as_tuple(value: Any) -> Any:
+    # `action = { type = "event", ... }` and `action = [{...}, {...}]` both mean a list of actions.
+    return (value,) if isinstance(value, dict) else value
+
+
+class OutputAction(Settings):
+    """Drive a GPIO output listed in [[gpio.outputs]]."""
+
+    type: Literal["output"]
+    pin: int = Field(ge=0, description="BCM number of a pin listed in [[gpio.outputs]]")
+    set: Literal["on", "off", "toggle", "pulse"] = Field(
+        "on", description="on/off honour the output's active_high; pulse = on, then off after pulse_ms")
+    pulse_ms: float = Field(500.0, gt=0, le=600_000, description="how long a pulse stays on, milliseconds")
+
+
+class EventAction(Settings):
+    """Publish an `event` on GET /v1/events."""
+
+    type: Literal["event"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="the event's name")
+    data: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields the event carries")
+
+
+class CommandAction(Settings):
+    """Run a program without a shell; EDGESLM_INTENT / EDGESLM_TRANSCRIPT / EDGESLM_PIN are in its environment."""
+
+    type: Literal["command"]
+    argv: tuple[str, ...] = Field(min_length=1, description='program and arguments, e.g. ["/usr/bin/mpc", "play"]')
+    timeout_s: float = Field(10.0, gt=0, le=3600, description="the program is killed after this many seconds")
+
+
+class ClassifyAction(Settings):
+    """Classify a fixed text with a served model and publish the result."""
+
+    type: Literal["classify"]
+    text: str = Field(min_length=1, description="the text to classify")
+    model: str | None = Field(None, description="model name; default: the first loaded model that classifies")
+
+
+class VoiceAction(Settings):
+    """Start voice capture (triggers only)."""
+
+    type: Literal["voice"]
+    mode: Literal["press_to_start", "push_to_talk"] = Field(
+        "press_to_start", description="press_to_start: trailing silence (VAD) ends the utterance; "
+        "push_to_talk: releasing the button ends it (or silence, whichever is first)")
+
+
+Action = Annotated[OutputAction | EventAction | CommandAction | ClassifyAction | VoiceAction,
+                   Field(discriminator="type")]
+
+
+class GpioTriggerConfig(Settings):
+    """An input pin (a button or switch) and what its press does."""
+
+    pin: int = Field(ge=0, description="BCM pin number")
+    name: str | None = Field(None, description="label used in events (default: pinN)")
+    pull: Literal["up", "down", "off"] = Field("up", description="internal pull resistor")
+    edge: Literal["falling", "rising"] = Field(
+        "falling", description="the edge that means pressed: falling for a button to ground with pull up, "
+        "rising for a button to 3.3 V with pull down")
+    bounce_ms: float = Field(20.0, ge=0, le=1000, description="changes closer than this after an edge are bounce")
+    hold_ms: float = Field(0.0, ge=0, le=60_000, description="held this long = a hold event; 0 = no hold events")
+    action: tuple[Action, ...] = Field((), description="what a press does (one table or a list)")
+    hold_action: tuple[Action, ...] = Field((), description="what a hold does (needs hold_ms > 0)")
+
+    _actions = field_validator("action", "hold_action", mode="before")(_as_tuple)
+
+
+class GpioOutputConfig(Settings):
+    """An output pin (an LED, a relay)."""
+
+    pin: int = Field(ge=0, description="BCM pin number")
+    name: str | None = Field(None, description="label used in events (default: pinN)")
+    active_high: bool = Field(True, description="on = high level; false for a sink-driven LED or an active-low relay")
+    initial: bool = Field(False, description="on at start-up")
+
+
+class GpioConfig(Settings):
+    """Buttons, switches and LEDs on the board's header."""
+
+    backend: Literal["auto", "lgpio", "rpigpio", "mock"] = Field(
+        "auto", description="auto tries lgpio (Pi 5, any gpiochip), then RPi.GPIO (Pi 4 and older), then mock")
+    chip: str | None = Field(
+        None, description="lgpio: gpiochip label (or number on other boards); default: label pinctrl-rp1 on a "
+        "Pi 5, a pinctrl-bcm* chip on older Pis, else gpiochip0")
+    pin_count: int = Field(28, ge=1, le=1024, description="valid BCM numbers are 0..pin_count-1 (28 on a Pi)")
+    input_only_pins: tuple[int, ...] = Field((), description="pins that can only be inputs on this board or HAT")
+    triggers: list[GpioTriggerConfig] = Field(default_factory=list, description="[[gpio.triggers]]")
+    outputs: list[GpioOutputConfig] = Field(default_factory=list, description="[[gpio.outputs]]")
+    busy_led_pin: int | None = Field(None, description="output that is on while a model or the voice pipeline works")
+    error_led_pin: int | None = Field(None, description="output that shows an error (no microphone, failed action)")
+    error_led_s: float = Field(5.0, ge=0, le=3600, description="how long the error LED stays on; 0 = until the "
+                               "next voice command succeeds")
+
+    @model_validator(mode="after")
+    def _check_pins(self) -> GpioConfig:
+        used: dict[int, str] = {}
+        entries = [(f"gpio.triggers[{i}]", t.pin) for i, t in enumerate(self.triggers)]
+        entries += [(f"gpio.outputs[{i}]", o.pin) for i, o in enumerate(self.outputs)]
+        for where, pin in entries:
+            if pin >= self.pin_count:
+                raise ValueError(f"{where}.pin: pin {pin} is out of range; BCM pins are 0..{self.pin_count - 1} "
+                                 "(gpio.pin_count)")
+            if pin in used:
+                raise ValueError(f"{where}.pin: pin {pin} is already used by {used[pin]}; use each pin once")
+            used[pin] = where
+        for i, output in enumerate(self.outputs):
+            if output.pin in self.input_only_pins:
+                raise ValueError(f"gpio.outputs[{i}].pin: pin {output.pin} is input-only on this board "
+                                 "(gpio.input_only_pins); wire the output to another pin")
+        outputs = {o.pin for o in self.outputs}
+        for key in ("busy_led_pin", "error_led_pin"):
+            pin = getattr(self, key)
+            if pin is not None and pin not in outputs:
+                raise ValueError(f"gpio.{key}: pin {pin} is not in [[gpio.outputs]]; add an output entry for it")
+        for i, trigger in enumerate(self.triggers):
+            if trigger.hold_action and trigger.hold_ms <= 0:
+                raise ValueError(f"gpio.triggers[{i}].hold_action needs hold_ms > 0")
+        return self
+
+
+class VadConfig(Settings):
+    """Silero VAD: where an utterance starts and ends."""
+
+    model_path: Path | None = Field(None, description="Silero VAD 16 kHz .onnx (edgeslm pull silero-vad)")
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that starts speech")
+    min_silence_ms: float = Field(500.0, ge=32, le=10_000, description="trailing silence that ends the utterance")
+    min_speech_ms: float = Field(96.0, ge=0, le=5000, description="shorter bursts of speech are ignored")
+    speech_pad_ms: float = Field(300.0, ge=0, le=2000, description="audio kept before speech starts")
+    no_speech_timeout_s: float = Field(4.0, gt=0, le=60, description="give up if nobody speaks within this time")
+    threads: int = Field(1, ge=0, le=16, description="onnxruntime threads for the VAD (0 = all cores)")
+
+
+class SpeechConfig(Settings):
+    """Offline speech to text, constrained to the configured phrases."""
+
+    engine: Literal["pocketsphinx"] = Field("pocketsphinx", description="recogniser")
+    acoustic_model: Path | None = Field(None, description="acoustic model folder (default: en-us from the wheel)")
+    dictionary: Path | None = Field(None, description="pronunciation dictionary (default: cmudict from the wheel)")
+    pronunciations: dict[str, str] = Field(
+        default_factory=dict, description='extra words, e.g. { edgeslm = "EH JH S L AE M" } (CMU phones)')
+    min_frame_score: float = Field(
+        -5.0, le=0, description="mean per-frame acoustic log-score of the heard words against the best free "
+        "path (0 = perfect); below it the speech is no_match")
+
+
+class IntentConfig(Settings):
+    """One voice command: the phrases that say it and what it does."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                      description="intent name (a label of the model when intent_method = classify)")
+    phrases: tuple[str, ...] = Field(min_length=1, description="example phrases; the recogniser hears only these")
+    action: tuple[Action, ...] = Field((), description="what the intent does (one table or a list)")
+
+    _actions = field_validator("action", mode="before")(_as_tuple)
+
+
+class VoiceConfig(Settings):
+    """Push-to-talk voice commands: capture, VAD, speech, intent, action."""
+
+    device: str = Field("default", description="ALSA capture device (arecord -D), e.g. plughw:1,0")
+    sample_rate_hz: Literal[16000] = Field(16000, description="capture rate; VAD and recogniser run at 16 kHz")
+    arecord_path: str = Field("arecord", description="the arecord program (alsa-utils)")
+    max_seconds: float = Field(8.0, gt=0, le=60, description="an utterance is cut at this length")
+    busy_policy: Literal["ignore", "queue"] = Field("ignore", description="a press while busy is ignored or queued")
+    max_queued: int = Field(2, ge=1, le=32, description="presses kept when busy_policy = queue")
+    intent_method: Literal["classify", "similarity"] = Field(
+        "classify", description="classify: the model's labels; similarity: nearest example phrase by embedding")
+    intent_model: str = Field("intents", description="served model that classifies or embeds transcripts")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="below it the transcript is no_match")
+    vad: VadConfig = Field(default_factory=VadConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    intents: list[IntentConfig] = Field(default_factory=list, description="[[voice.intents]]; none = voice off")
+
+    @model_validator(mode="after")
+    def _check_intents(self) -> VoiceConfig:
+        names: set[str] = set()
+        phrases: dict[str, str] = {}
+        for i, intent in enumerate(self.intents):
+            if intent.name in names:
+                raise ValueError(f"voice.intents[{i}].name: {intent.name!r} is used twice; names must be unique")
+            names.add(intent.name)
+            for j, phrase in enumerate(intent.phrases):
+                key = " ".join(phrase.lower().split())
+                if key in phrases and phrases[key] != intent.name:
+                    raise ValueError(f"voice.intents[{i}].phrases[{j}]: {phrase!r} also belongs to intent "
+                                     f"{phrases[key]!r}; a phrase must mean one intent")
+                phrases[key] = intent.name
+            for j, action in enumerate(intent.action):
+                if isinstance(action, VoiceAction):
+                    raise ValueError(f"voice.intents[{i}].action[{j}]: a voice action only fits a GPIO trigger")
+        if self.intents and self.vad.model_path is None:
+            raise ValueError("voice.vad.model_path is not set; run `edgeslm pull silero-vad` and point it at the "
+                             "16 kHz .onnx")
+        return self
+
+
+def check_wiring(config: Config) -> None:
+    """Cross-section checks: actions name configured outputs; voice triggers need voice intents."""
+    outputs = {o.pin for o in config.gpio.outputs}
+    places = [(f"gpio.triggers[{i}].{key}", getattr(t, key)) for i, t in enumerate(config.gpio.triggers)
+              for key in ("action", "hold_action")]
+    places += [(f"voice.intents[{i}].action", intent.action) for i, intent in enumerate(config.voice.intents)]
+    for where, actions in places:
+        for j, action in enumerate(actions):
+            if isinstance(action, OutputAction) and action.pin not in outputs:
+                raise ValueError(f"{where}[{j}].pin: pin {action.pin} is not in [[gpio.outputs]]; add an output "
+                                 "entry for it")
+            if isinstance(action, VoiceAction) and not config.voice.intents:
+                raise ValueError(f"{where}[{j}] starts voice capture but [[voice.intents]] is empty; add intents")
+
 
 def _describe(error: Mapping[str, Any]) -> str:
     loc = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]).replace(".[", "[")
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key; check its spelling against `edgeslm serve --help` and the README"
     got = error.get("input")
@@ -184,6 +406,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(model, dict) and isinstance(model.get("path"), str):
             path = Path(model["path"]).expanduser()
             model["path"] = path if path.is_absolute() else base / path
+    voice = data.get("voice")
+    for section, key in (("vad", "model_path"), ("speech", "acoustic_model"), ("speech", "dictionary")):
+        table = voice.get(section) if isinstance(voice, dict) else None
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            path = Path(table[key]).expanduser()
+            table[key] = path if path.is_absolute() else base / path
     return data
 
 

@@ -109,3 +109,39 @@ class DaemonUnreachableError(EdgeslmError, ConnectionError):
     """The CLI could not reach a daemon on the socket."""
 
     code = "daemon_unreachable"
+
+
+class GpioError(EdgeslmError):
+    """A GPIO pin could not be claimed, read or driven."""
+
+    code = "gpio_error"
+
+
+class GpioUnavailableError(GpioError, ImportError):
+    """The chosen GPIO backend cannot run here (library missing, no chip, not a Raspberry Pi)."""
+
+    code = "gpio_unavailable"
+
+
+class NotMockError(BadInputError):
+    """Something only the mock GPIO backend can do (a simulated press) was asked of real hardware."""
+
+    code = "not_mock_backend"
+
+
+class MicrophoneError(EdgeslmError):
+    """Audio capture failed: no microphone, the device is busy, or arecord is missing."""
+
+    code = "mic_unavailable"
+
+
+class AudioFormatError(BadInputError):
+    """Uploaded audio is not a WAV the voice pipeline takes (16-bit PCM, mono, 16 kHz)."""
+
+    code = "invalid_audio"
+
+
+class VoiceUnavailableError(EdgeslmError):
+    """The voice pipeline is not configured (no [[voice.intents]]) or failed to start."""
+
+    code = "voice_unavailable"

@@ -19,6 +19,7 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 COMMAND_MODULES = (
     "edgeslm.cli.serve",
     "edgeslm.cli.query",
+    "edgeslm.cli.edge",
     "edgeslm.cli.reload",
     "edgeslm.cli.doctor",
 )

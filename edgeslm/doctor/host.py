@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from importlib import metadata
+from pathlib import Path
 
 from edgeslm.doctor.report import Context, Finding
 
@@ -92,8 +93,37 @@ def check_gpio(ctx: Context) -> Finding:
         return Finding("gpio", "fail", f"{len(chips)} GPIO chip(s) but no GPIO library installed",
                        "The chips are there, but nothing in the venv can drive them.",
                        f"pip install {wanted.split(' or ')[0]} in the daemon's venv (deploy/install.sh does it)")
-    return Finding("gpio", "ok", f"{', '.join(c.name for c in chips)} usable by {ctx.user.name}; "
-                   f"libraries: {', '.join(libraries)}")
+    found = f"{', '.join(c.name for c in chips)} usable by {ctx.user.name}; libraries: {', '.join(libraries)}"
+    if ctx.root != Path("/") and ctx.open_gpio is None:
+        return Finding("gpio", "ok", found + " (another root: not opened)")
+    opened, why = _open_a_backend(ctx)
+    if opened is None:
+        return Finding("gpio", "fail", f"{found}, but no backend opens: {why}",
+                       "The daemon would fall back to the mock backend: buttons and outputs would do nothing.",
+                       "run `edgeslm doctor` as the edgeslm user to see its own error, and check the chip label "
+                       "([gpio] chip)")
+    return Finding("gpio", "ok", f"{found}; {opened} opens")
+
+
+def _open_a_backend(ctx: Context) -> tuple[str | None, str]:
+    """Open (and close) the first real GPIO backend that works here, as the daemon's `auto` would."""
+    from edgeslm.errors import EdgeslmError
+
+    opener = ctx.open_gpio
+    if opener is None:
+        from edgeslm.hw.gpio import open_backend as opener
+    reasons = []
+    for name in ("lgpio", "rpigpio"):
+        try:
+            backend = opener(name)
+        except (EdgeslmError, OSError) as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        try:
+            return f"{name} ({', '.join(f'{k} {v}' for k, v in backend.describe().items() if k != 'backend')})", ""
+        finally:
+            backend.close()
+    return None, "; ".join(reasons)
 
 
 def check_audio(ctx: Context) -> Finding:

@@ -66,6 +66,7 @@ class Context:
     user: Identity = field(default_factory=lambda: Identity.of("edgeslm"))
     import_module: Callable[[str], ModuleType] = importlib.import_module
     module_present: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
+    open_gpio: Callable[[str], Any] | None = None  # opens a GPIO backend by name (default: edgeslm.hw.gpio)
     config: Any = None  # the loaded Config, once the config check has run
     config_error: str | None = None
 

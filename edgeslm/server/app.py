@@ -18,6 +18,8 @@ from edgeslm.config import Config
 from edgeslm.errors import BadInputError
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.edge import EdgeServices
+from edgeslm.server.edge_api import mount_edge
 from edgeslm.server.openapi import openapi_document
 from edgeslm.server.reload import reload_endpoint
 from edgeslm.tasks.served import ModelRegistry
@@ -162,7 +164,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
-def build_app(registry: ModelRegistry, config: Config) -> Starlette:
+def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None = None) -> Starlette:
     api = Api(registry, config)
     routes = [
         Route("/health", endpoint(api.health), methods=["GET"]),
@@ -178,4 +180,5 @@ def build_app(registry: ModelRegistry, config: Config) -> Starlette:
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.api = api
+    mount_edge(app, edge, config)
     return app

@@ -24,9 +24,12 @@ from edgeslm.errors import (
     CancelledError,
     DeadlineError,
     EdgeslmError,
+    GpioError,
+    MicrophoneError,
     ModelNotReadyError,
     OverloadedError,
     UnknownModelError,
+    VoiceUnavailableError,
 )
 from edgeslm.tasks.served import ServedModel
 
@@ -40,6 +43,9 @@ STATUS: tuple[tuple[type[EdgeslmError], int, str], ...] = (
     (BadInputError, 400, "invalid_request_error"),
     (UnknownModelError, 404, "not_found_error"),
     (ModelNotReadyError, 503, "service_unavailable"),
+    (VoiceUnavailableError, 503, "service_unavailable"),
+    (MicrophoneError, 503, "service_unavailable"),
+    (GpioError, 503, "service_unavailable"),
     (OverloadedError, 503, "service_unavailable"),
     (DeadlineError, 504, "timeout_error"),
     (CancelledError, 499, "cancelled"),

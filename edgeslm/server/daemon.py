@@ -18,6 +18,7 @@ from edgeslm import __version__
 from edgeslm.config import Config
 from edgeslm.server.access import AccessPolicy, protocol_class
 from edgeslm.server.app import build_app
+from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
 from edgeslm.server.reload import InFlight, Reloader, fingerprint
 from edgeslm.server.systemd import Notifier, listen_sockets, socket_name
@@ -161,12 +162,13 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
         inode = socket_inode(path)
         where = f"{path} (mode {server_config.socket_mode:04o})"
-    registry = None
+    registry = edge = None
     try:
         with _hangups_remembered() as hangups:
             fingerprints = {model.name: fingerprint(model) for model in config.models}
             registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
-            app = build_app(registry, config)
+            edge = EdgeServices.start(config, registry)
+            app = build_app(registry, config, edge)
             inflight = InFlight(app)
             uv_config = uvicorn.Config(
                 inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
@@ -180,8 +182,9 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             app.state.reloader = reloader
             server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
                                   reloader=reloader, hangups=hangups)
+            edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
             print(f"edgeslm {__version__} listening on {where}", file=out)
-            for line in _describe_models(registry):
+            for line in _describe_models(registry) + edge.describe():
                 print(line, file=out)
             if not registry.models:
                 print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
@@ -194,6 +197,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             server.run(sockets=sockets)
             log.info("closing models")
     finally:
+        if edge is not None:
+            edge.close()
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
         for sock in sockets:

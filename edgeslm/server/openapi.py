@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from edgeslm.server import schemas
+from edgeslm.server import edge_schemas, schemas
 from edgeslm.server.reload import ReloadAnswer
 
 # (method, path, summary, request schema, response schema, error statuses)
@@ -23,9 +23,26 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      schemas.EmbeddingsResponse, (400, 404, 413, 503, 504)),
     ("post", "/v2/models/{name}/infer", "Raw tensors in and out (KServe v2; binary extension supported)",
      schemas.InferRequest, schemas.InferResponse, (400, 404, 413, 503, 504)),
+    ("post", "/v1/audio/intent", "A 16 kHz mono 16-bit WAV (raw body, or form field `file`) through VAD, speech, "
+     "intent and action; ?act=false skips the action", None, edge_schemas.VoiceAnswer, (400, 413, 503, 504)),
+    ("get", "/v1/gpio", "GPIO backend, triggers and outputs with their levels", None, edge_schemas.GpioStatus, ()),
+    ("post", "/v1/gpio/{pin}/press", "Press a trigger pin of the mock backend", edge_schemas.PressRequest,
+     edge_schemas.PressAnswer, (400, 503)),
     ("post", "/admin/reload", "Re-read the config, swap changed models (root and the daemon's user)", None,
      ReloadAnswer, (403, 422)),
 )
+
+
+EVENTS_OPERATION = {"get": {
+    "summary": "Server-sent events: button, listening, intent, no_match, busy, action, event, classify, error, model",
+    "parameters": [
+        {"name": "kinds", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "comma-separated kinds to receive"},
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "integer"},
+         "description": "replay kept events after this id first (or send Last-Event-ID)"}],
+    "responses": {"200": {"description": "an endless text/event-stream; each event's data is JSON",
+                          "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+}}
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -57,12 +74,18 @@ def openapi_document(version: str) -> dict[str, Any]:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(request)}}}
         if "{name}" in path:
             operation["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if "{pin}" in path:
+            operation["parameters"] = [{"name": "pin", "in": "path", "required": True, "schema": {"type": "integer"}}]
         paths.setdefault(path, {})[method] = operation
+    paths["/v1/audio/intent"]["post"]["requestBody"] = {"required": True, "content": {
+        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
+                                                                                     "format": "binary"}}}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "edgeslm", "version": version,
                  "description": "On-device inference over a Unix socket: "
                                 "curl --unix-socket run/edgeslm.sock http://localhost/health"},
-        "paths": paths,
+        "paths": {**paths, "/v1/events": EVENTS_OPERATION},
         "components": {"schemas": components},
     }

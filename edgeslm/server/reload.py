@@ -29,16 +29,18 @@ class InFlight:
 
     A handler may hold a model from the moment it looks it up until it answers, so a model
     swapped out in epoch N is only closed once every request begun before N has finished.
+    Paths under `untracked` (event streams, which hold no model) are not counted.
     """
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, untracked: tuple[str, ...] = ("/v1/events",)):
         self.app = app
+        self.untracked = untracked
         self.epoch = 0
         self.open: dict[int, int] = {}
         self._waiters: list[asyncio.Future] = []
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.untracked):
             await self.app(scope, receive, send)
             return
         epoch = self.epoch
@@ -146,12 +148,14 @@ class Reloader:
                  load_model: Callable[[ModelConfig], ServedModel] = ServedModel.load,
                  fingerprints: Mapping[str, Fingerprint] | None = None,
                  on_reloading: Callable[[], Any] = lambda: None,
-                 on_done: Callable[[ReloadOutcome], Any] = lambda outcome: None):
+                 on_done: Callable[[ReloadOutcome], Any] = lambda outcome: None, retire_grace_s: float = 1.0):
         self.registry, self.config, self.read_config = registry, config, read_config
         self.inflight, self.api, self.access, self.load_model = inflight, api, access, load_model
         self.fingerprints = dict(fingerprints) if fingerprints is not None else {
             m.name: fingerprint(m) for m in config.models}
         self.on_reloading, self.on_done = on_reloading, on_done
+        # Users outside HTTP (voice, GPIO actions) look a model up and submit at once; this covers that instant.
+        self.retire_grace_s = retire_grace_s
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
 
@@ -230,6 +234,7 @@ class Reloader:
         if not await self.inflight.finished_before(epoch, grace_s):
             log.warning("requests begun before the reload are still open after %g s; closing the old models anyway",
                         grace_s)
+        await asyncio.sleep(self.retire_grace_s)
         for model in models:
             await asyncio.to_thread(model.close, self.config.server.shutdown_timeout_s)
         log.info("closed the replaced model(s): %s", ", ".join(m.name for m in models))

@@ -28,11 +28,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import export  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
-
-import export  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_SEQ_LEN = 32
@@ -114,7 +113,7 @@ def load_phrases(path: Path, rng: np.random.Generator) -> PhraseSet:
     aug, slots, intents = data["augment"], data["slots"], data["intents"]
     labels = list(intents)
     train_texts, train_labels, heldout_texts, heldout_labels = [], [], [], []
-    for index, (label, spec) in enumerate(intents.items()):
+    for index, spec in enumerate(intents.values()):
         templated = [t for template in spec.get("templates", []) for t in expand_template(template, slots)]
         picked = rng.permutation(len(templated))[:TEMPLATED_PER_INTENT]
         base = list(dict.fromkeys(spec["train"] + [templated[i] for i in sorted(picked)]))
@@ -169,7 +168,8 @@ def train_tokenizer(texts: list[str]) -> Tokenizer:
     words = {w for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))}
     continuations = sorted({"##" + c for w in words for c in w[1:]})
     specials = ["[PAD]", "[UNK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials + continuations, show_progress=False)
+    trainer = trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials + continuations,
+                                        show_progress=False)
     learner = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     learner.normalizer, learner.pre_tokenizer = normalizer, pre_tokenizer
     learner.train_from_iterator(texts, trainer)
@@ -222,7 +222,8 @@ class IntentNet(tf.Module):
             self.conv_kernels.append(tf.Variable(kernel, name=f"conv{layer}_kernel"))
             self.conv_biases.append(tf.Variable(tf.zeros([CHANNELS]), name=f"conv{layer}_bias"))
             width = CHANNELS
-        self.dense_kernel = tf.Variable(normal([2 * CHANNELS, n_labels], 3, (1 / (2 * CHANNELS)) ** 0.5), name="dense_kernel")
+        self.dense_kernel = tf.Variable(normal([2 * CHANNELS, n_labels], 3, (1 / (2 * CHANNELS)) ** 0.5),
+                                        name="dense_kernel")
         self.dense_bias = tf.Variable(tf.zeros([n_labels]), name="dense_bias")
 
     def __call__(self, input_ids, attention_mask, dropout_seed=None):
@@ -294,7 +295,10 @@ def train(net: IntentNet, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray,
 
 
 def check_files(net: IntentNet, float_onnx_runner, runners: dict, tokenizer: Tokenizer, phrases: PhraseSet):
-    """Assert the contract on every exported file; return (held-out accuracy per file, formats agree, self-check logits)."""
+    """Assert the contract on every exported file.
+
+    Returns (held-out accuracy per file, formats agree, self-check logits).
+    """
     log("checking")
     heldout_ids, heldout_mask = encode(tokenizer, phrases.heldout_texts)
     fp32_logits = export.predict(net, heldout_ids, heldout_mask)
@@ -335,10 +339,23 @@ def check_files(net: IntentNet, float_onnx_runner, runners: dict, tokenizer: Tok
 
     check_ids, check_mask = encode(tokenizer, SELFCHECK_INPUT)
     expected = np.round(net.run(check_ids, check_mask)[0], 4)
-    cosines = {name: export.selfcheck(runner, check_ids, check_mask, expected, MIN_COSINE) for name, runner in runners.items()}
+    cosines = {name: export.selfcheck(runner, check_ids, check_mask, expected, MIN_COSINE)
+               for name, runner in runners.items()}
     for name, values in cosines.items():
         log(f"self-check {name}: cosines " + ", ".join(f"{c:.5f}" for c in values))
     return accuracy, agree, expected
+
+
+def blind_accuracy(runners: dict, tokenizer: Tokenizer, labels: list[str]) -> tuple[int, float]:
+    """(phrases, accuracy) on blind.toml: written after training, never used to train or tune."""
+    blind = tomllib.loads((HERE / "blind.toml").read_text())["intents"]
+    texts = [t for phrases in blind.values() for t in phrases]
+    truth = np.array([labels.index(label) for label, phrases in blind.items() for _ in phrases])
+    ids, mask = encode(tokenizer, texts)
+    scores = {name: float((export.predict(r, ids, mask).argmax(1) == truth).mean()) for name, r in runners.items()}
+    assert len(set(scores.values())) == 1, f"formats differ on the blind set: {scores}"
+    log(f"blind set: {len(texts)} phrases, accuracy {scores['model.onnx']:.3f} (every format)")
+    return len(texts), scores["model.onnx"]
 
 
 # --- main -----------------------------------------------------------------------------
@@ -386,9 +403,12 @@ def main() -> None:
         }
         accuracy, agree, expected = check_files(net, float_onnx_runner, runners, tokenizer, phrases)
 
+        blind = blind_accuracy(runners, tokenizer, phrases.labels)
+
     tflite_inputs = runners["model.tflite"].inputs
     log("tflite serving_default inputs: " + ", ".join(
-        f"{k} {np.dtype(d['dtype']).name} {runners['model.tflite'].shape_signature[k]}" for k, d in tflite_inputs.items()))
+        f"{k} {np.dtype(d['dtype']).name} {runners['model.tflite'].shape_signature[k]}"
+        for k, d in tflite_inputs.items()))
     buckets = runners["model_buckets.tflite"]
     log(f"tflite buckets: {len(buckets.signatures)} signatures ({', '.join(buckets.signatures)}), inputs "
         + ", ".join(f"{k} {np.dtype(t).name}" for k, t in buckets.dtypes["b1_s16"].items()))
@@ -407,6 +427,7 @@ def main() -> None:
         expected=expected,
         min_cosine=MIN_COSINE,
         tflite_input_dtype=np.dtype(tflite_inputs["input_ids"]["dtype"]).name,
+        blind=blind,
     )
     for name in ["labels.txt", "tokenizer.json", *runners, "model.toml"]:
         log(f"wrote {args.out / name} ({(args.out / name).stat().st_size} bytes)")

@@ -179,7 +179,7 @@ class TfliteRunner:
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"input_ids": ids, "attention_mask": mask}
-        for key, detail in self.inputs.items():
+        for detail in self.inputs.values():
             self.interpreter.resize_tensor_input(detail["index"], list(ids.shape), strict=True)
         self.interpreter.allocate_tensors()
         for key, detail in self.inputs.items():
@@ -246,9 +246,12 @@ def padding_invariance(runner, ids: np.ndarray, mask: np.ndarray, exact: bool) -
         alone_logits, alone_hidden = runner.run(ids[row : row + 1, :n], mask[row : row + 1, :n])
         padded = runner.run(*[np.pad(a[row : row + 1, :n], ((0, 0), (0, ids.shape[1] - n))) for a in (ids, mask)])
         for case, (logits, hidden), at in (("padded", padded, 0), ("batched", batched, row)):
-            worst[f"{case} logits"] = max(worst[f"{case} logits"], float(np.abs(logits[at] - alone_logits[0]).max()))
-            worst[f"{case} hidden"] = max(worst[f"{case} hidden"], float(np.abs(hidden[at, :n] - alone_hidden[0]).max()))
-            assert logits[at].argmax() == alone_logits[0].argmax(), f"{runner.name}: padding changed the label of row {row}"
+            logit_change = float(np.abs(logits[at] - alone_logits[0]).max())
+            hidden_change = float(np.abs(hidden[at, :n] - alone_hidden[0]).max())
+            worst[f"{case} logits"] = max(worst[f"{case} logits"], logit_change)
+            worst[f"{case} hidden"] = max(worst[f"{case} hidden"], hidden_change)
+            assert logits[at].argmax() == alone_logits[0].argmax(), \
+                f"{runner.name}: padding changed the label of row {row}"
             assert np.abs(hidden[at, n:]).max() == 0.0, f"{runner.name}: hidden is not zero on padding"
     if exact:
         assert max(worst.values()) < 1e-4, f"{runner.name}: padding changed outputs {worst}"
@@ -273,7 +276,7 @@ QUANTIZATION = {
 
 def write_card(out: Path, *, n_labels: int, max_seq_len: int, accuracy: dict, n_heldout: int, n_train: int,
                formats_agree: bool, selfcheck_input: list[str], expected: np.ndarray, min_cosine: float,
-               tflite_input_dtype: str) -> None:
+               tflite_input_dtype: str, blind: tuple[int, float]) -> None:
     """model.toml in the schema the daemon reads; hashes and sizes are taken from the written files."""
     def quoted(items):
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
@@ -328,6 +331,8 @@ def write_card(out: Path, *, n_labels: int, max_seq_len: int, accuracy: dict, n_
         f"fp32_heldout_accuracy = {accuracy['fp32']:.4f}",
         f"formats_agree_on_heldout = {str(formats_agree).lower()}   "
         "# ONNX and both TFLite files give the same top label on every held-out phrase",
+        f"blind_phrases = {blind[0]}   # blind.toml: written after training, never used to train or tune",
+        f"blind_accuracy = {blind[1]:.4f}",
         "",
         "[selfcheck]",
         "# a reference input and the fp32 reference output; the daemon re-runs it at load on the engine it uses",

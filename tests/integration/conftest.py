@@ -21,8 +21,10 @@ INTENTS = ROOT / "models" / "intents"
 class Daemon:
     """`edgeslm serve` started as a user would, with helpers to talk to it."""
 
-    def __init__(self, workdir: Path, config_text: str, *, extra_args: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, config_text: str, *, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
         self.workdir = workdir
+        self.extra_env = env or {}
         self.socket = workdir / "run" / "edgeslm.sock"
         self.config = workdir / "edgeslm.toml"
         self.config.write_text(config_text)
@@ -32,7 +34,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> Daemon:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")} | self.extra_env
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      env=env)

@@ -208,10 +208,11 @@ def test_selfcheck_failure_marks_the_model_failed_with_the_error(tmp_path):
     flipped = "expected = " + json.dumps([[-x for x in row] for row in rows])
     start = card.index("expected = ")
     depth, end = 0, card.index("[", start)
-    for end in range(end, len(card)):  # find the bracket that closes the expected array
+    while True:  # find the bracket that closes the expected array
         depth += {"[": 1, "]": -1}.get(card[end], 0)
         if depth == 0:
             break
+        end += 1
     (copy / "model.toml").write_text(card[:start] + flipped + card[end + 1 :])
     config = f'[[models]]\nname = "good"\npath = "{src}"\n[[models]]\nname = "tampered"\npath = "{copy}"\n'
     d = Daemon(tmp_path, config).start()

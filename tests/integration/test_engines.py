@@ -110,6 +110,18 @@ def test_formats_agree_on_every_heldout_phrase(models):
     assert accuracy >= 0.85
 
 
+def test_blind_set_accuracy_matches_the_card(models):
+    blind = tomllib.loads((INTENTS / "blind.toml").read_text())["intents"]
+    texts = [t for phrases in blind.values() for t in phrases]
+    truth = [label for label, phrases in blind.items() for _ in phrases]
+    card = tomllib.loads((INTENTS / "model.toml").read_text())["eval"]
+    for name, model in models.items():
+        encoded = model.encoder.encode(texts)
+        predicted = model.classify.labels[model.infer(encoded.feeds)["logits"].argmax(1)]
+        accuracy = float(np.mean(predicted == np.array(truth, dtype=object)))
+        assert accuracy == pytest.approx(card["blind_accuracy"], abs=1e-3), name
+
+
 def test_selfcheck_passes_on_both_runtimes(models):
     for name, model in models.items():
         assert model.selfcheck is not None and model.selfcheck["passed"], name

@@ -64,6 +64,7 @@ def test_a_healthy_pi5_passes_every_hardware_check(pi5, tmp_path):
     context = ctx(pi5, config_file(tmp_path))
     gpio, audio, power = check_gpio(context), check_audio(context), check_power(context)
     assert gpio.status == "ok" and "gpiochip0, gpiochip4 usable by edgeslm" in gpio.summary
+    assert "another root: not opened" in gpio.summary
     assert audio.status == "ok" and "USB Audio" in audio.summary
     assert power.status == "ok" and "Pi 5 PMIC" in power.summary and "ina219 (hwmon2)" in power.summary
     assert check_memory(context).status == "ok"
@@ -80,6 +81,31 @@ def test_gpio_chips_the_service_user_cannot_open(pi5, tmp_path):
 def test_gpio_chips_without_a_library(pi5):
     finding = check_gpio(ctx(pi5, modules=()))
     assert finding.status == "fail" and finding.fix.startswith("pip install lgpio")
+
+
+class FakeBackend:
+    closed = False
+
+    def describe(self):
+        return {"backend": "lgpio", "chip": "gpiochip4", "label": "pinctrl-rp1"}
+
+    def close(self):
+        FakeBackend.closed = True
+
+
+def test_a_backend_must_really_open(pi5):
+    from edgeslm.errors import GpioUnavailableError
+
+    def broken(name):
+        raise GpioUnavailableError(f"{name} says no")
+
+    context = ctx(pi5, open_gpio=broken)
+    failed = check_gpio(context)
+    assert failed.status == "fail" and "lgpio: lgpio says no; rpigpio: rpigpio says no" in failed.summary
+    context.open_gpio = lambda name: FakeBackend()
+    works = check_gpio(context)
+    assert works.status == "ok" and "lgpio (chip gpiochip4, label pinctrl-rp1) opens" in works.summary
+    assert FakeBackend.closed
 
 
 def test_a_pi_without_gpio_chips_fails_and_a_pc_only_warns(pi5, tmp_path):

@@ -44,7 +44,7 @@ class Harness:
         self.inflight = InFlight(self._app)
         self.gate = asyncio.Event()
         self.reloader = Reloader(self.registry, first, read_config=lambda: self.current, inflight=self.inflight,
-                                 load_model=self._load)
+                                 load_model=self._load, retire_grace_s=0)
 
     def _load(self, cfg: ModelConfig) -> FakeModel:
         if cfg.name in self.fail:
@@ -55,8 +55,8 @@ class Harness:
     async def _app(self, scope, receive, send) -> None:
         await self.gate.wait()  # a request that holds whatever model it looked up until the gate opens
 
-    async def request(self) -> None:
-        await self.inflight({"type": "http"}, None, None)
+    async def request(self, path: str = "/v1/classify") -> None:
+        await self.inflight({"type": "http", "path": path}, None, None)
 
 
 def run(coro):
@@ -168,5 +168,18 @@ def test_waiting_for_old_requests_gives_up_after_the_timeout(timeout_s):
         h.gate.set()
         await stuck
         assert await h.inflight.finished_before(h.inflight.epoch, timeout_s) is True
+
+    run(scenario())
+
+
+def test_event_streams_do_not_hold_back_a_retirement():
+    async def scenario():
+        h = Harness(config(model("a")))
+        stream = asyncio.create_task(h.request("/v1/events"))
+        await asyncio.sleep(0)
+        assert h.inflight.count == 0
+        assert await h.inflight.finished_before(h.inflight.advance(), 0.05) is True
+        h.gate.set()
+        await stream
 
     run(scenario())

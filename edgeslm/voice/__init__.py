@@ -1,0 +1,1 @@
+"""Voice commands: trigger -> capture -> VAD -> speech -> intent -> action."""
