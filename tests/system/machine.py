@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 import subprocess
@@ -11,7 +12,8 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = ROOT / ".cache" / "system"
+# Debian trees and wheels, kept between runs (gitignored); CI points this outside its fresh clone.
+CACHE = Path(os.environ.get("EDGESLM_SYSTEM_CACHE") or ROOT / ".cache" / "system")
 ROOTFS_SCRIPT = Path(__file__).with_name("rootfs.sh")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 PIP_PLATFORMS = {  # manylinux tags a Debian bookworm (glibc 2.36) machine accepts, newest first
@@ -33,7 +35,9 @@ def missing_tools(*names: str) -> list[str]:
 
 def rootfs_tarball(arch: str, packages: str | None = None, name: str = "") -> Path:
     """The cached bookworm tarball for `arch`, built by rootfs.sh the first time (minutes, then seconds)."""
-    out = CACHE / f"bookworm-{arch}{'-' + name if name else ''}.tar.gz"
+    # The script and package list are part of the name, so changing either builds a new tree.
+    recipe = hashlib.sha256(ROOTFS_SCRIPT.read_bytes() + (packages or "").encode()).hexdigest()[:8]
+    out = CACHE / f"bookworm-{arch}{'-' + name if name else ''}-{recipe}.tar.gz"
     run("bash", ROOTFS_SCRIPT, arch, out, *([packages] if packages else []), timeout_s=3600)
     return out
 
