@@ -74,6 +74,17 @@ def wheelhouse(arch: str, wheel: Path, extra: tuple[str, ...] = ()) -> Path:
     return folder
 
 
+def add_wheel(folder: Path, arch: str, requirement: str) -> None:
+    """One more wheel (no dependencies) for `arch` into a wheelhouse, e.g. an older version to fall back to."""
+    args = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", folder,
+            requirement]
+    if DEB_ARCH.get(platform.machine()) != arch:
+        args += ["--python-version", "3.11", "--implementation", "cp"]
+        for tag in PIP_PLATFORMS[arch]:
+            args += ["--platform", tag]
+    run(*args, timeout_s=600)
+
+
 def _metadata(wheel: Path) -> str:
     import zipfile
 
