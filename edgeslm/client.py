@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,33 @@ class Client:
         except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
             raise DaemonUnreachableError(f"no daemon answers on {self.socket_path} ({exc}); start one with "
                                          "`edgeslm serve` or point at it with --socket PATH") from None
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST with "stream": true and yield each server-sent event's JSON until data: [DONE]."""
+        try:
+            with self._http.stream("POST", path, json={**body, "stream": True}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response.status_code, response.json())
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        return
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        self._raise_for(500, event)
+                    yield event
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            raise DaemonUnreachableError(
+                f"no daemon answers on {self.socket_path} ({exc}); start one with `edgeslm serve` "
+                "or point at it with --socket PATH"
+            ) from None
+
+    @staticmethod
+    def _raise_for(status: int, payload: Any) -> None:
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        raise DaemonError(error.get("message", f"HTTP {status}"), status=status, code=error.get("code", "error"),
+                          param=error.get("param"))
 
     def close(self) -> None:
         self._http.close()

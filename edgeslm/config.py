@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgeslm.errors import ConfigError
 
@@ -74,11 +75,28 @@ class BatchingConfig(Settings):
     )
 
 
+class GenerationConfig(Settings):
+    """How a text-generation model runs its sequences (continuous batching over a preallocated KV cache)."""
+
+    max_sequences: int = Field(4, ge=1, le=64, description="sequences generated at once, each with its own KV-cache "
+                               "slot; more requests wait in the queue (batching.max_queue)")
+    context_tokens: int = Field(2048, ge=16, le=131072, description="most tokens (prompt + output) per sequence; "
+                                "each slot's cache is sized for this, and memory is only used as it fills")
+    prefill_chunk_tokens: int = Field(256, ge=1, le=8192, description="prompt tokens written per step, so a long "
+                                      "prompt delays the other sequences by at most one chunk at a time")
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens of a chat request that sends none "
+                                    "(completions default to 16, like OpenAI's); capped by the context left")
+
+
 class ModelConfig(Settings):
     """One served model."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="name clients use in requests")
-    path: Path = Field(description="model folder (with model.toml) or a .onnx / .tflite file")
+    path: Path | None = Field(None, description="model folder (with model.toml) or a .onnx / .tflite file")
+    store: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="a model pulled into the model store (`edgeslm pull NAME`), instead of path; name defaults to it",
+    )
     runtime: Literal["auto", "onnx", "tflite"] = Field("auto", description="auto = by file extension")
     threads: int = Field(0, ge=0, le=64, description="intra-op threads; 0 = the runtime's default (all cores)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
@@ -94,6 +112,20 @@ class ModelConfig(Settings):
     verify_sha256: bool = Field(True, description="check the file against the card's sha256 at load")
     enabled: bool = Field(True, description="load this model at start-up")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_store(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("store") and "name" not in data:
+            return {**data, "name": data["store"]}
+        return data
+
+    @model_validator(mode="after")
+    def _path_or_store(self) -> ModelConfig:
+        if (self.path is None) == (self.store is None):
+            raise ValueError("give exactly one of path (a model folder or file) and store (a pulled model's name)")
+        return self
 
 
 def bundled_model_dir(name: str = "intents") -> Path:
@@ -126,6 +158,67 @@ class AccessConfig(Settings):
     log_connections: bool = Field(True, description="log each connection's uid and pid (refusals are always logged)")
 
 
+class StoreConfig(Settings):
+    """Where `edgeslm pull` puts models and where `store = "NAME"` model entries are found."""
+
+    dir: Path | None = Field(
+        None, description="model store folder; default $STATE_DIRECTORY/models under systemd "
+        "(/var/lib/edgeslm/models), else ~/.local/share/edgeslm/models",
+    )
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _parse_size(value: Any) -> Any:
+    # Sizes may be written as bytes (4194304) or with a unit ("4MiB", "500 kB").
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{value!r} is not a size; write bytes or e.g. \"4MiB\", \"500kB\", \"1GB\"")
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return value
+
+
+class MetricsConfig(Settings):
+    """Request and power records on disk, and GET /metrics."""
+
+    enabled: bool = Field(True, description="record requests, sample power and serve GET /metrics; false turns "
+                          "all three off")
+    dir: Path | None = Field(None, description="folder for the JSONL records; default $LOGS_DIRECTORY when systemd "
+                             "sets it (LogsDirectory=), else ./run/metrics")
+    flush_interval_s: float = Field(5.0, ge=0.1, le=3600, description="buffered records are written this often "
+                                    "and at shutdown (one write per flush, never an fsync per request)")
+    rotate_bytes: int = Field(4 * 1024**2, ge=4096, description='start a new file past this size ("4MiB" works)')
+    disk_budget_bytes: int = Field(64 * 1024**2, ge=8192, description="all record files together stay under this; "
+                                   'the oldest go first ("64MiB" works)')
+    compress_rotated: bool = Field(False, description="gzip each file once it is rotated (keeps more history in "
+                                   "the budget for a little CPU)")
+    sample_hz: float = Field(1.0, gt=0, le=50, description="how often power, temperature, CPU clock and "
+                             "throttling are read; request energy is integrated over these samples")
+    record_interval_s: float = Field(10.0, ge=0.5, le=3600, description="one summary of the samples (mean and "
+                                     "idle watts, hottest zone, throttling) is written per interval")
+    power_source: Literal["auto", "pmic", "hwmon", "rapl", "power_supply", "estimated", "none"] = Field(
+        "auto", description="auto tries pmic (Pi 5), hwmon (INA2xx/INA3221), rapl, power_supply, then an "
+        "estimate from CPU load")
+    estimate_idle_w: float | None = Field(None, gt=0, le=1000, description="idle watts for the estimate "
+                                          "(default: the board's, from /proc/device-tree/model)")
+    estimate_load_w: float | None = Field(None, gt=0, le=1000, description="full-load watts for the estimate")
+    hw_root: Path = Field(Path("/"), description="where /sys and /proc are read (a fixture tree in tests)")
+
+    _sizes = field_validator("rotate_bytes", "disk_budget_bytes", mode="before")(_parse_size)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsConfig:
+        if self.rotate_bytes * 2 > self.disk_budget_bytes:
+            raise ValueError(f"rotate_bytes ({self.rotate_bytes}) must be at most half of disk_budget_bytes "
+                             f"({self.disk_budget_bytes}), so a full file can be rotated out within the budget")
+        if self.estimate_idle_w and self.estimate_load_w and self.estimate_load_w < self.estimate_idle_w:
+            raise ValueError("estimate_load_w must be at least estimate_idle_w")
+        return self
+
+
 class Config(Settings):
     """Everything the daemon reads at start-up."""
 
@@ -134,6 +227,8 @@ class Config(Settings):
     gpio: GpioConfig = Field(default_factory=lambda: GpioConfig())
     voice: VoiceConfig = Field(default_factory=lambda: VoiceConfig())
     access: AccessConfig = Field(default_factory=AccessConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("models")
     @classmethod
@@ -144,6 +239,19 @@ class Config(Settings):
                 raise ValueError(f"model name {model.name!r} is used twice; names must be unique")
             seen.add(model.name)
         return models
+
+    @model_validator(mode="after")
+    def _place_store_models(self, info: ValidationInfo) -> Config:
+        # `store = "NAME"` entries serve the folder NAME of the model store; the store's default
+        # location depends on the environment ($STATE_DIRECTORY under systemd), passed as context.
+        if not any(m.store for m in self.models):
+            return self
+        from edgeslm.store.location import store_dir
+
+        env = (info.context or {}).get("env", os.environ)
+        root = store_dir(self.store.dir, env)
+        placed = [m.model_copy(update={"path": root / m.store}) if m.store else m for m in self.models]
+        return self.model_copy(update={"models": placed})
 
     @model_validator(mode="after")
     def _check_wiring(self) -> Config:
@@ -412,6 +520,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(table, dict) and isinstance(table.get(key), str):
             path = Path(table[key]).expanduser()
             table[key] = path if path.is_absolute() else base / path
+    store = data.get("store")
+    if isinstance(store, dict) and isinstance(store.get("dir"), str):
+        store_path = Path(store["dir"]).expanduser()
+        store["dir"] = store_path if store_path.is_absolute() else base / store_path
     return data
 
 
@@ -437,7 +549,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         data = _resolve_paths(data, Path(path).resolve().parent)
     data = _apply_env(data, env)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"env": env})
     except ValidationError as exc:
         lines = "\n  ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"bad configuration ({where}):\n  {lines}") from None

@@ -145,3 +145,41 @@ class VoiceUnavailableError(EdgeslmError):
     """The voice pipeline is not configured (no [[voice.intents]]) or failed to start."""
 
     code = "voice_unavailable"
+class StoreError(EdgeslmError):
+    """The model store could not do what was asked (pull, remove, find a model)."""
+
+    code = "store_error"
+
+
+class UnknownRecipeError(StoreError, LookupError):
+    """No recipe of that name is in the catalogue."""
+
+    code = "unknown_recipe"
+
+
+class NotPulledError(StoreError, LookupError):
+    """The model is in the catalogue but has not been pulled into this store."""
+
+    code = "not_pulled"
+
+
+class PullError(StoreError):
+    """Fetching, converting or checking a model failed; nothing was left in the store."""
+
+    code = "pull_failed"
+
+
+class QuantizeError(EdgeslmError):
+    """`edgeslm quantize` cannot quantize this model or read its reference inputs."""
+
+    code = "quantize_failed"
+class SensorError(EdgeslmError):
+    """A power, temperature or throttling source is absent or gave a value that cannot be used."""
+
+    code = "sensor_unavailable"
+
+
+class MissingExtraError(EdgeslmError, ImportError):
+    """A command needs an optional extra that is not installed (the message names the pip command)."""
+
+    code = "missing_extra"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,25 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 64 KiB tmpfs mounted in tmp_path: a real full disk. Needs root and mount(2); skips (saying why) otherwise."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here ({done.stderr.strip() or 'not root'}); "
+                    "tests/unit/test_metrics_files.py covers a full disk with RLIMIT_FSIZE")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A real converted model folder (ONNX + tokenizer + card) from a tiny random Llama GGUF."""
+    from tests.tinyllama import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("llm") / "tiny")

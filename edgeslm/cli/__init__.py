@@ -20,6 +20,10 @@ COMMAND_MODULES = (
     "edgeslm.cli.serve",
     "edgeslm.cli.query",
     "edgeslm.cli.edge",
+    "edgeslm.cli.store",
+    "edgeslm.cli.quantize",
+    "edgeslm.cli.stats",
+    "edgeslm.cli.generate",
     "edgeslm.cli.reload",
     "edgeslm.cli.doctor",
 )

@@ -25,6 +25,10 @@ def _client(args: argparse.Namespace):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.available:
+        from edgeslm.cli.store import cmd_available
+
+        return cmd_available(args)
     answer = _client(args).get("/v1/models")
     if args.json:
         print(json.dumps(answer, indent=2))
@@ -82,8 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     from edgeslm.cli import FORMATTER
 
     models = sub.add_parser("models", help="list the daemon's models and their state", formatter_class=FORMATTER,
-                            description="Ask the running daemon which models it serves, failed ones included.")
+                            description="Ask the running daemon which models it serves, failed ones included.\n"
+                                        "With --available, list the models `edgeslm pull` can build instead.",
+                            epilog="examples:\n  edgeslm models\n  edgeslm models --available")
     _socket_arg(models)
+    from edgeslm.cli.store import add_available_flag
+
+    add_available_flag(models)
     models.set_defaults(func=cmd_models)
 
     classify = sub.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,25 @@ from typing import Any
 from edgeslm.errors import ConfigError
 
 
-def models_from_flags(specs: Sequence[str], runtime: str) -> list[Any]:
-    """`--model [NAME=]PATH` entries as model configs (name defaults to the folder or file stem)."""
+def models_from_flags(specs: Sequence[str], runtime: str, store_root: Path | None = None) -> list[Any]:
+    """`--model [NAME=]PATH` entries as model configs (name defaults to the folder or file stem).
+
+    PATH that does not exist but names a model pulled into the store (`store_root`) serves that.
+    """
     from edgeslm.config import ModelConfig
 
     models = []
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
         path_obj = Path(path).expanduser()
+        if not path_obj.exists() and store_root is not None and "/" not in path:
+            from edgeslm.errors import StoreError
+            from edgeslm.store import ModelStore
+
+            try:
+                path_obj = ModelStore(store_root).require(path)
+            except StoreError as exc:
+                raise ConfigError(f"--model {spec}: no such file or folder, and {exc}") from None
         if not path_obj.exists():
             raise ConfigError(f"--model {spec}: {path_obj} does not exist; give a model folder or a .onnx/.tflite file")
         stem = path_obj.name if path_obj.is_dir() else path_obj.stem
@@ -35,7 +47,10 @@ def config_from(args: argparse.Namespace) -> Any:
     if args.socket is not None:
         updates["server"] = config.server.model_copy(update={"socket_path": args.socket})
     if args.model:
-        updates["models"] = models_from_flags(args.model, args.runtime)
+        from edgeslm.store.location import store_dir
+
+        root = args.store or store_dir(config.store.dir, os.environ)
+        updates["models"] = models_from_flags(args.model, args.runtime, root)
     if args.log_level:
         updates["server"] = updates.get("server", config.server).model_copy(update={"log_level": args.log_level})
     return config.model_copy(update=updates) if updates else config
@@ -65,13 +80,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                "  edgeslm serve\n"
                "  edgeslm serve --socket /tmp/edgeslm.sock\n"
                "  edgeslm serve --model models/intents --model fast=models/intents/model.tflite\n"
+               "  edgeslm serve --model minilm-l6        # a model pulled with `edgeslm pull minilm-l6`\n"
                "  edgeslm serve --config /etc/edgeslm/edgeslm.toml",
     )
     serve.add_argument("--config", type=Path, metavar="FILE",
                        help="TOML config (default /etc/edgeslm/edgeslm.toml if it exists, else built-in defaults)")
     serve.add_argument("--socket", type=Path, metavar="PATH", help="listen here instead of server.socket_path")
     serve.add_argument("--model", action="append", metavar="[NAME=]PATH",
-                       help="serve this model folder or file instead of the config's models (repeatable)")
+                       help="serve this model folder or file instead of the config's models (repeatable); "
+                            "a PATH that does not exist is looked up by name in the model store")
+    serve.add_argument("--store", type=Path, metavar="DIR", help="model store for --model NAME (default: [store] dir)")
     serve.add_argument("--runtime", choices=["auto", "onnx", "tflite"], default="auto",
                        help="runtime for --model entries (default: by extension)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override server.log_level")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from importlib import metadata
 from pathlib import Path
 
@@ -14,7 +13,6 @@ RUNTIMES = (("onnxruntime", "onnxruntime", "onnxruntime"),
             ("ai_edge_litert.interpreter", "ai-edge-litert", "LiteRT"),
             ("tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"))
 GPIO_LIBRARIES = ("lgpio", "RPi.GPIO", "gpiozero")
-INA_NAMES = re.compile(r"^ina(2\d\d|3221)")
 
 
 def _version(distribution: str) -> str:
@@ -111,7 +109,10 @@ def _open_a_backend(ctx: Context) -> tuple[str | None, str]:
 
     opener = ctx.open_gpio
     if opener is None:
-        from edgeslm.hw.gpio import open_backend as opener
+        from edgeslm.hw.gpio import open_backend
+
+        chip = ctx.config.gpio.chip if ctx.config is not None else None
+        opener = lambda name: open_backend(name, chip=chip)  # noqa: E731 - the daemon's own opener, with its chip
     reasons = []
     for name in ("lgpio", "rpigpio"):
         try:
@@ -148,32 +149,34 @@ def check_audio(ctx: Context) -> Finding:
     return Finding("audio", "ok", f"capture: {', '.join(captures)}")
 
 
-def _power_sources(ctx: Context) -> list[str]:
-    """The power readings a sampler could use here, in the order it would try them."""
-    found = []
-    if any(ctx.path("/dev").glob("vcio")) and "Raspberry Pi 5" in board_model(ctx):
-        found.append("Pi 5 PMIC (vcgencmd pmic_read_adc)")
-    for hwmon in sorted(ctx.path("/sys/class/hwmon").glob("hwmon*")):
-        try:
-            name = (hwmon / "name").read_text().strip()
-        except OSError:
-            continue
-        if INA_NAMES.match(name) and (any(hwmon.glob("power*_input")) or any(hwmon.glob("curr*_input"))):
-            found.append(f"{name} ({hwmon.name})")
-    for zone in sorted(ctx.path("/sys/class/powercap").glob("intel-rapl:*")):
-        if (zone / "energy_uj").exists() and ":" not in zone.name.split("intel-rapl:")[1]:
-            found.append(f"RAPL {zone.name}")
-    for supply in sorted(ctx.path("/sys/class/power_supply").glob("*")):
-        if (supply / "power_now").exists() or ((supply / "voltage_now").exists() and (supply / "current_now").exists()):
-            found.append(f"power_supply {supply.name}")
-    return found
-
-
 def check_power(ctx: Context) -> Finding:
-    sources = _power_sources(ctx)
-    if sources:
-        return Finding("power", "ok", f"sources: {', '.join(sources)}")
-    return Finding("power", "warn", "no power sensor found; energy per request will be estimated from CPU load",
-                   "Without a PMIC, INA2xx/INA3221 monitor, RAPL or battery gauge, joules are an estimate "
-                   "from per-board constants.",
-                   "on a Pi 5, install vcgencmd (raspi-utils); elsewhere add an INA219/INA3221 monitor")
+    """The daemon's own power-source detection (edgeslm.hw.power), as [metrics] configures it."""
+    from edgeslm.hw.commands import run_command
+    from edgeslm.hw.power import SOURCE_ORDER, detect_sources
+
+    metrics = ctx.config.metrics if ctx.config is not None else None
+    if metrics is not None and (not metrics.enabled or metrics.power_source == "none"):
+        why = "metrics.enabled = false" if not metrics.enabled else 'metrics.power_source = "none"'
+        return Finding("power", "ok", f"not measured ({why})")
+    choice = metrics.power_source if metrics is not None else "auto"
+    root = metrics.hw_root if metrics is not None and ctx.root == Path("/") else ctx.root
+    probes = detect_sources(root, ctx.run or run_command, only=SOURCE_ORDER if choice == "auto" else (choice,),
+                            idle_w=metrics.estimate_idle_w if metrics else None,
+                            load_w=metrics.estimate_load_w if metrics else None)
+    working = [p for p in probes if p.source is not None]
+    skipped = "; ".join(f"{p.name}: {p.reason}" for p in probes if p.source is None)
+    if not working:
+        return Finding("power", "fail" if choice != "auto" else "warn",
+                       f"no power source works here ({skipped})",
+                       "Request and sample records will carry no energy figures.",
+                       'set [metrics] power_source = "auto" (falls back to an estimate from CPU load)'
+                       if choice != "auto" else "check that /proc/stat is readable")
+    used = working[0]
+    others = [p.name for p in working[1:] if p.name != "estimated"]
+    also = f" (also found: {', '.join(others)})" if others else ""
+    if used.name == "estimated":
+        return Finding("power", "warn", f"no power meter found; energy is estimated - {used.reason}",
+                       "Without a Pi 5 PMIC (vcgencmd), an INA2xx/INA3221 monitor, RAPL or a battery gauge, joules "
+                       f"per request are an estimate from per-board constants ({skipped}).",
+                       "on a Pi 5 install vcgencmd (raspi-utils); elsewhere add an INA219/INA3221 monitor")
+    return Finding("power", "ok", f"measured by {used.reason}{also}")

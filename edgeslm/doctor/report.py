@@ -6,7 +6,7 @@ import grp
 import importlib
 import os
 import pwd
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +67,8 @@ class Context:
     import_module: Callable[[str], ModuleType] = importlib.import_module
     module_present: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
     open_gpio: Callable[[str], Any] | None = None  # opens a GPIO backend by name (default: edgeslm.hw.gpio)
+    run: Callable[..., str] | None = None  # runs vcgencmd for the power check (default: the real one)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     config: Any = None  # the loaded Config, once the config check has run
     config_error: str | None = None
 

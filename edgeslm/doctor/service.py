@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 from edgeslm.doctor.report import Context, Finding
 from edgeslm.errors import ConfigError, ModelLoadError
 
 BASELINE_BYTES = 150 * 1024 * 1024  # Python, numpy, a runtime and the HTTP stack, before any model
 SYSTEMD_SOCKET_UNIT = "/etc/systemd/system/edgeslm.socket"
+SYSTEMD_SERVICE_UNIT = "/etc/systemd/system/edgeslm.service"
+SERVICE_STATE_DIR = "/var/lib/edgeslm"  # StateDirectory=edgeslm: the service's model store is in models/ there
 
 
 def check_config(ctx: Context) -> Finding:
     from edgeslm.config import load_config
 
+    env = dict(ctx.env)
+    if "STATE_DIRECTORY" not in env and ctx.path(SYSTEMD_SERVICE_UNIT).exists():
+        env["STATE_DIRECTORY"] = SERVICE_STATE_DIR  # `store = "NAME"` models resolve as the service sees them
     try:
-        ctx.config = load_config(ctx.config_path)
+        ctx.config = load_config(ctx.config_path, env)
     except ConfigError as exc:
         ctx.config_error = str(exc)
         return Finding("config", "fail", " ".join(line.strip() for line in str(exc).splitlines()),
@@ -61,24 +65,42 @@ def check_socket(ctx: Context) -> Finding:
                    f"choose a writable server.socket_path, or: sudo install -d -o {ctx.user.name} {path.parent}")
 
 
-def _model_files(ctx: Context) -> tuple[list[tuple[str, Path, int]], list[str]]:
-    """(name, file, bytes) of every enabled model that is present and intact, and a problem per other one."""
+def _model_files(ctx: Context) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(name, description, bytes) of every enabled model that is present and intact, and a problem per other one.
+
+    A model's files are its model file and, for models that keep weights beside it (generation models),
+    that data file; each is checked against the sha256 in model.toml.
+    """
     from edgeslm.tasks.card import locate_model, sha256_of
 
     good, problems = [], []
     for model in ctx.config.models:
         if not model.enabled:
             continue
+        where = ctx.path(model.path)
         try:
-            path, card = locate_model(ctx.path(model.path))
-            expected = card.file(path).sha256
-            if expected and model.verify_sha256 and sha256_of(path) != expected:
-                problems.append(f"{model.name}: {path.name} does not match the sha256 in its model.toml")
-                continue
+            path, card = locate_model(where, model.runtime)
+            entry = card.file(path)
         except ModelLoadError as exc:
-            problems.append(f"{model.name}: {exc}")
+            if model.store:
+                problems.append(f"{model.name}: {model.store!r} is not pulled into the model store {model.path.parent}"
+                                f"; run `sudo edgeslm pull --store {model.path.parent} {model.store}`")
+            else:
+                problems.append(f"{model.name}: {exc}")
             continue
-        good.append((model.name, path, path.stat().st_size))
+        extra = entry.model_extra or {}
+        files = [(path, entry.sha256)]
+        if extra.get("data_file"):
+            files.append((path.parent / str(extra["data_file"]), extra.get("data_sha256")))
+        missing = [f.name for f, _ in files if not f.is_file()]
+        altered = [f.name for f, sha in files if f.is_file() and sha and model.verify_sha256 and sha256_of(f) != sha]
+        if missing or altered:
+            problems += [f"{model.name}: {name} is missing" for name in missing]
+            problems += [f"{model.name}: {name} does not match the sha256 in its model.toml" for name in altered]
+            continue
+        origin = f"store {model.store}, " if model.store else ""
+        size = sum(f.stat().st_size for f, _ in files)
+        good.append((model.name, f"{origin}{', '.join(f.name for f, _ in files)}", size))
     return good, problems
 
 
@@ -93,7 +115,7 @@ def check_models(ctx: Context) -> Finding:
     if not good:
         return Finding("models", "warn", "no model is enabled", "The daemon would answer but serve nothing.",
                        "add a [[models]] entry, or remove [[models]] to serve the bundled one")
-    return Finding("models", "ok", ", ".join(f"{n} ({p.name}, {b / 1e6:.1f} MB, checksum ok)" for n, p, b in good))
+    return Finding("models", "ok", ", ".join(f"{n} ({what}, {b / 1e6:.1f} MB, checksum ok)" for n, what, b in good))
 
 
 def _available_bytes(ctx: Context) -> int | None:

@@ -1,1 +1,1 @@
-"""The edge of the world: GPIO pins, audio capture and time, each with a fake for tests."""
+"""The edge of the world: GPIO pins, audio capture, power and thermal sensors, each with a fake for tests."""

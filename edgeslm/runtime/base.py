@@ -37,6 +37,31 @@ class EngineOptions:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Binding:
+    """Arrays an engine reads from and writes into, kept across runs; binding a name again replaces it.
+
+    Outputs land in the bound arrays, which may be the very arrays bound as inputs (an in-place
+    KV cache). Arrays must be C-contiguous and stay alive while bound. This default runs
+    `engine.run` and copies the results in; engines that can bind memory override it.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.inputs: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+
+    def input(self, name: str, array: np.ndarray) -> None:
+        self.inputs[name] = array
+
+    def output(self, name: str, array: np.ndarray) -> None:
+        self.outputs[name] = array
+
+    def run(self) -> None:
+        results = self.engine.run(self.inputs)
+        for name, target in self.outputs.items():
+            np.copyto(target, results[name], casting="no")
+
+
 class Engine(abc.ABC):
     """One loaded model file that runs one batch at a time.
 
@@ -64,6 +89,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; `feeds` holds every input by name."""
+
+    def bind(self) -> Binding:
+        """A reusable set of bound input and output arrays (see Binding)."""
+        return Binding(self)
 
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free the runtime's resources. Safe to call twice."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgeslm.errors import ModelLoadError, RuntimeMissingError
-from edgeslm.runtime.base import Engine, EngineOptions, TensorSpec
+from edgeslm.runtime.base import Binding, Engine, EngineOptions, TensorSpec
 
 try:
     import onnxruntime as ort
@@ -41,6 +41,31 @@ def _spec(arg: Any) -> TensorSpec:
     # Symbolic dims ('batch', 'seq') and unknown dims are dynamic.
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or ()))
     return TensorSpec(arg.name, np.dtype(_ONNX_DTYPES[arg.type]), shape)
+
+
+class OnnxBinding(Binding):
+    """onnxruntime IOBinding over numpy memory: inputs are read and outputs written in place, no copies."""
+
+    def __init__(self, engine: OnnxEngine):
+        super().__init__(engine)
+        self._binding = engine._session.io_binding()
+
+    def _check(self, name: str, array: np.ndarray) -> None:
+        if not array.flags.c_contiguous:
+            raise ValueError(f"array bound to {name!r} must be C-contiguous")
+
+    def input(self, name: str, array: np.ndarray) -> None:
+        self._check(name, array)
+        self.inputs[name] = array
+        self._binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+    def output(self, name: str, array: np.ndarray) -> None:
+        self._check(name, array)
+        self.outputs[name] = array
+        self._binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+    def run(self) -> None:
+        self.engine._session.run_with_iobinding(self._binding)  # type: ignore[attr-defined]
 
 
 class OnnxEngine(Engine):
@@ -81,6 +106,9 @@ class OnnxEngine(Engine):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, values))
+
+    def bind(self) -> Binding:
+        return OnnxBinding(self)
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

@@ -16,12 +16,15 @@ from starlette.routing import Route
 from edgeslm import __version__
 from edgeslm.config import Config
 from edgeslm.errors import BadInputError
+from edgeslm.metrics.service import Metrics
 from edgeslm.server import schemas
 from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.completions import Completions
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_api import mount_edge
 from edgeslm.server.openapi import openapi_document
 from edgeslm.server.reload import reload_endpoint
+from edgeslm.server.scrape import MetricsEndpoint
 from edgeslm.tasks.served import ModelRegistry
 from edgeslm.tasks.tensors import datatype_of
 
@@ -31,11 +34,11 @@ BINARY_HEADER = "inference-header-content-length"
 class Api:
     """Handlers bound to one registry and one config."""
 
-    def __init__(self, registry: ModelRegistry, config: Config):
+    def __init__(self, registry: ModelRegistry, config: Config, metrics: Metrics | None = None):
         self.registry = registry
         self.server = config.server
         self._openapi = orjson.dumps(openapi_document(__version__))
-        self.caller = ModelCaller()
+        self.caller = ModelCaller(metrics.recorder if metrics is not None else None)
 
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__})
@@ -63,7 +66,8 @@ class Api:
         assert model.classify is not None
         texts = as_list(body.input, self.server.max_inputs)
         encoded = model.classify.prepare(texts, truncate=body.truncate)
-        outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s)
+        outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
+                                        task="classify", tokens_in=encoded.tokens)
         data = model.classify.answer(encoded, outputs, body.top_k)
         usage = {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens}
         return json_response({"object": "list", "model": model.name, "data": data, "usage": usage})
@@ -80,7 +84,8 @@ class Api:
             )
         texts = as_list(body.input, self.server.max_inputs)
         encoded = model.embed.prepare(texts, truncate=body.truncate)
-        outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s)
+        outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
+                                        task="embed", tokens_in=encoded.tokens)
         vectors = model.embed.answer(encoded, outputs)
         if body.encoding_format == "base64":
             little = vectors.astype("<f4", copy=False)
@@ -164,8 +169,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
-def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None = None) -> Starlette:
-    api = Api(registry, config)
+def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None = None,
+              metrics: Metrics | None = None) -> Starlette:
+    api = Api(registry, config, metrics)
     routes = [
         Route("/health", endpoint(api.health), methods=["GET"]),
         Route("/ready", endpoint(api.ready), methods=["GET"]),
@@ -177,7 +183,11 @@ def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None
         Route("/v2/models/{name:str}/infer", endpoint(api.infer), methods=["POST"]),
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
         Route("/admin/reload", endpoint(reload_endpoint), methods=["POST"]),
+        Route("/metrics", endpoint(MetricsEndpoint(metrics).serve), methods=["GET"]),
     ]
+    completions = Completions(registry, config, metrics.recorder if metrics is not None else None)
+    routes += [Route("/v1/completions", endpoint(completions.completions), methods=["POST"]),
+               Route("/v1/chat/completions", endpoint(completions.chat), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.api = api
     mount_edge(app, edge, config)

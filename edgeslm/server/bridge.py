@@ -7,6 +7,7 @@ import functools
 import logging
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,10 +32,12 @@ from edgeslm.errors import (
     UnknownModelError,
     VoiceUnavailableError,
 )
+from edgeslm.metrics.recorder import Recorder
 from edgeslm.tasks.served import ServedModel
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
+CALL_KEY = "edgeslm.call"  # scope key of the request's RequestCall (edgeslm.metrics.recorder)
 _M = TypeVar("_M", bound=BaseModel)
 
 # Most specific first; HTTP status lives only here.
@@ -71,18 +74,32 @@ def response_for(exc: EdgeslmError) -> Response:
 
 
 def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Turn edgeslm errors into JSON error bodies; anything else is a bug, logged and answered 500."""
+    """Turn edgeslm errors into JSON error bodies; anything else is a bug, logged and answered 500.
+
+    A request that reached a model (ModelCaller put its RequestCall in the scope) is recorded
+    with its final status: "ok", the error code, or "cancelled" if the client went away.
+    """
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
+        started = time.monotonic()
+        status = "cancelled"
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = "ok"
+            return response
         except EdgeslmError as exc:
+            status = exc.code
             return response_for(exc)
         except Exception:
+            status = "internal_error"
             log.exception("bug while serving %s %s", request.method, request.url.path)
             return error_response(500, "internal_error", "edgeslm hit a bug; the log has the traceback",
                                   kind="server_error")
+        finally:
+            call = request.scope.get(CALL_KEY)
+            if call is not None:
+                call.finish(status, started)
 
     return wrapped
 
@@ -162,6 +179,14 @@ async def _watch_disconnect(receive: Callable[[], Awaitable[dict]], future: asyn
     _fail(future, CancelledError("client disconnected"))
 
 
+def _request_id(scope: dict) -> str | None:
+    # The raw header list: a miss through request.headers costs a KeyError per request.
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return None
+
+
 class ModelCaller:
     """Submits requests to batchers from the event loop and awaits them without blocking it.
 
@@ -171,8 +196,9 @@ class ModelCaller:
 
     watch_after_s = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: Recorder | None = None) -> None:
         self.active = 0
+        self.recorder = recorder
         self._loop_thread = threading.get_ident()
 
     def _on_done(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable[[Completion], None]:
@@ -185,9 +211,15 @@ class ModelCaller:
         return on_done
 
     async def run(self, model: ServedModel, feeds: dict[str, np.ndarray], request: Request, *,
-                  timeout_s: float, pad: bool = True) -> dict[str, np.ndarray]:
+                  timeout_s: float, pad: bool = True, task: str = "tensors",
+                  tokens_in: int | None = None) -> dict[str, np.ndarray]:
         """The request's outputs, in row order; raises the request's own error."""
         loop = asyncio.get_running_loop()
+        call = None
+        if self.recorder is not None:
+            rows = next(iter(feeds.values())).shape[0]
+            call = self.recorder.open(model.name, task, rows, tokens_in, _request_id(request.scope))
+            request.scope[CALL_KEY] = call
         self._loop_thread = threading.get_ident()
         self.active += 1
         try:
@@ -211,6 +243,8 @@ class ModelCaller:
             if not waiting.done():
                 await self._wait(loop, waiting, tickets, request, model, timeout_s)
             completions = [f.result() for f in futures]
+            if call is not None:
+                call.ran(completions, chunks)
         finally:
             self.active -= 1
         for completion in completions:

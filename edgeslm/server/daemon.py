@@ -16,11 +16,12 @@ import uvicorn
 
 from edgeslm import __version__
 from edgeslm.config import Config
+from edgeslm.metrics.service import Metrics
 from edgeslm.server.access import AccessPolicy, protocol_class
 from edgeslm.server.app import build_app
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
-from edgeslm.server.reload import InFlight, Reloader, fingerprint
+from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
 from edgeslm.server.systemd import Notifier, listen_sockets, socket_name
 from edgeslm.tasks.served import ModelRegistry
 
@@ -111,7 +112,8 @@ def _describe_models(registry: ModelRegistry) -> list[str]:
         info = model.info()
         size_mb = info["file_size_bytes"] / 1e6
         check = model.selfcheck
-        checked = f", selfcheck ok (min cosine {check['min_cosine']:.4f})" if check else ""
+        checked = "" if not check else (f", selfcheck ok (min cosine {check['min_cosine']:.4f})"
+                                        if "min_cosine" in check else ", selfcheck ok")
         lines.append(f"  {name}: ready - {info.get('runtime_version', info['runtime'])}, {model.path.name} "
                      f"{size_mb:.1f} MB, {info.get('quantization') or 'unknown quantization'}; "
                      f"tasks {', '.join(model.tasks)}{checked}")
@@ -141,6 +143,21 @@ def _hangups_remembered() -> Iterator[list[int]]:
         signal.signal(signal.SIGHUP, previous)
 
 
+def _queue_depth(model: Any) -> int:
+    """Requests waiting: in a batcher's queue, or (generation models) for a KV-cache slot."""
+    batcher = getattr(model, "batcher", None)
+    return batcher.depth if batcher is not None else model.generator.scheduler.waiting
+
+
+def open_metrics(config: Config, registry: ModelRegistry) -> Metrics | None:
+    """The recorder, sampler and /metrics registry, started; None when metrics.enabled is false."""
+    if not config.metrics.enabled:
+        return None
+    metrics = Metrics(config.metrics, queue_depths=lambda: {n: _queue_depth(m) for n, m in registry.models.items()})
+    metrics.start()
+    return metrics
+
+
 def serve(config: Config, *, out: TextIO = sys.stdout,
           registry_factory: Callable[[Config], ModelRegistry] | None = None,
           read_config: Callable[[], Config] | None = None,
@@ -162,13 +179,14 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
         inode = socket_inode(path)
         where = f"{path} (mode {server_config.socket_mode:04o})"
-    registry = edge = None
+    registry = edge = metrics = None
     try:
         with _hangups_remembered() as hangups:
             fingerprints = {model.name: fingerprint(model) for model in config.models}
             registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
+            metrics = open_metrics(config, registry)
             edge = EdgeServices.start(config, registry)
-            app = build_app(registry, config, edge)
+            app = build_app(registry, config, edge, metrics)
             inflight = InFlight(app)
             uv_config = uvicorn.Config(
                 inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
@@ -176,9 +194,15 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                 server_header=False, date_header=False, log_config=None,
             )
             status = functools.partial(status_text, registry)
+            bus = edge.bus
+
+            def reloaded(outcome: ReloadOutcome) -> None:
+                publish_outcome(bus, outcome)
+                notifier.ready(status())
+
             reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
                                 api=app.state.api, access=policy, fingerprints=fingerprints,
-                                on_reloading=notifier.reloading, on_done=lambda outcome: notifier.ready(status()))
+                                on_reloading=notifier.reloading, on_done=reloaded)
             app.state.reloader = reloader
             server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
                                   reloader=reloader, hangups=hangups)
@@ -186,6 +210,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             print(f"edgeslm {__version__} listening on {where}", file=out)
             for line in _describe_models(registry) + edge.describe():
                 print(line, file=out)
+            print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
             if not registry.models:
                 print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
             if policy.restricted:
@@ -201,6 +226,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             edge.close()
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
+        if metrics is not None:
+            metrics.close()  # after the models: records of the last requests are in the recorder by now
         for sock in sockets:
             sock.close()
         if inode is not None:

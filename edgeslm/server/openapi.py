@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from edgeslm.server import edge_schemas, schemas
+from edgeslm.server import completion_schemas, edge_schemas, schemas
 from edgeslm.server.reload import ReloadAnswer
 
 # (method, path, summary, request schema, response schema, error statuses)
@@ -21,6 +21,10 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      (400, 404, 413, 503, 504)),
     ("post", "/v1/embeddings", "Embed texts (OpenAI-compatible)", schemas.EmbeddingsRequest,
      schemas.EmbeddingsResponse, (400, 404, 413, 503, 504)),
+    ("post", "/v1/completions", "Continue a text (OpenAI-compatible; stream: true for server-sent events)",
+     completion_schemas.CompletionRequest, completion_schemas.CompletionResponse, (400, 404, 413, 503, 504)),
+    ("post", "/v1/chat/completions", "Chat (OpenAI-compatible; stream: true for server-sent events)",
+     completion_schemas.ChatRequest, completion_schemas.ChatResponse, (400, 404, 413, 503, 504)),
     ("post", "/v2/models/{name}/infer", "Raw tensors in and out (KServe v2; binary extension supported)",
      schemas.InferRequest, schemas.InferResponse, (400, 404, 413, 503, 504)),
     ("post", "/v1/audio/intent", "A 16 kHz mono 16-bit WAV (raw body, or form field `file`) through VAD, speech, "

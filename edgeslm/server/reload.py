@@ -17,7 +17,7 @@ from edgeslm.config import Config, ModelConfig
 from edgeslm.errors import EdgeslmError, ModelLoadError, ModelNotReadyError
 from edgeslm.server.access import AccessPolicy, peer_from_scope
 from edgeslm.server.bridge import error_response, json_response
-from edgeslm.tasks.served import ModelRegistry, ServedModel
+from edgeslm.tasks.served import ModelRegistry, ServedModel, load_model
 
 log = logging.getLogger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...] | None
@@ -67,13 +67,13 @@ class InFlight:
         self.epoch += 1
         return self.epoch
 
-    async def finished_before(self, epoch: int, timeout_s: float) -> bool:
-        """Wait until no request begun before `epoch` is open; False if `timeout_s` ran out first."""
+    async def finished_before(self, epoch: int, timeout_s: float | None) -> bool:
+        """Wait until no request begun before `epoch` is open; False if `timeout_s` (None: no limit) ran out first."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         while any(e < epoch for e in self.open):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
                 return False
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -86,6 +86,8 @@ class InFlight:
 
 def fingerprint(config: ModelConfig) -> Fingerprint:
     """Names, sizes and mtimes of the model's folder: a new file dropped in place means a changed model."""
+    if config.path is None:
+        return None
     folder = config.path if config.path.is_dir() else config.path.parent
     try:
         return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
@@ -145,7 +147,7 @@ class Reloader:
 
     def __init__(self, registry: ModelRegistry, config: Config, *, read_config: Callable[[], Config],
                  inflight: InFlight, api: Any = None, access: AccessPolicy | None = None,
-                 load_model: Callable[[ModelConfig], ServedModel] = ServedModel.load,
+                 load_model: Callable[[ModelConfig], Any] = load_model,
                  fingerprints: Mapping[str, Fingerprint] | None = None,
                  on_reloading: Callable[[], Any] = lambda: None,
                  on_done: Callable[[ReloadOutcome], Any] = lambda outcome: None, retire_grace_s: float = 1.0):
@@ -230,7 +232,12 @@ class Reloader:
             self.access.log_connections = fresh.log_connections
 
     async def _retire(self, models: list[ServedModel], epoch: int) -> None:
-        grace_s = self.config.server.request_timeout_s
+        # A generation stream may rightly run far longer than request_timeout_s (that bounds a stall, not a
+        # stream), and always ends by itself (max_tokens, context, stall deadline): wait for it to end.
+        streams = [m.name for m in models if hasattr(m, "generator")]
+        grace_s = None if streams else self.config.server.request_timeout_s
+        if streams:
+            log.info("the replaced generation model(s) %s close once their open streams end", ", ".join(streams))
         if not await self.inflight.finished_before(epoch, grace_s):
             log.warning("requests begun before the reload are still open after %g s; closing the old models anyway",
                         grace_s)
@@ -243,6 +250,19 @@ class Reloader:
         """Wait for replaced models to be closed (call before exiting)."""
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def publish_outcome(bus: Any, outcome: ReloadOutcome) -> None:
+    """Reload results as "model" events on the edge event bus (what `edgeslm listen` shows)."""
+    if not outcome.ok:
+        bus.publish("model", state="reload_failed", error=outcome.summary())
+        return
+    for name in outcome.loaded:
+        bus.publish("model", model=name, state="ready", reloaded=True)
+    for name in outcome.removed:
+        bus.publish("model", model=name, state="removed")
+    for name, why in outcome.still_failed.items():
+        bus.publish("model", model=name, state="failed", error=why)
 
 
 def config_reader(path: Path | None, env: Mapping[str, str] | None = None) -> Callable[[], Config]:

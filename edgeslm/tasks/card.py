@@ -23,7 +23,7 @@ class CardSection(BaseModel):
 class CardModel(CardSection):
     name: str | None = None
     description: str = ""
-    tasks: tuple[Literal["classify", "embed", "tensors", "generate"], ...] = ("tensors",)
+    tasks: tuple[Literal["classify", "embed", "tensors", "generate", "vad"], ...] = ("tensors",)
     license: str | None = None
     source: str | None = None
     max_seq_len: int = Field(512, ge=1)
@@ -96,11 +96,14 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelLoadError(f"model card {path} is invalid: {where}") from None
 
 
-def locate_model(path: Path) -> tuple[Path, ModelCard]:
-    """A model file and its card from a config path that names a folder or a file."""
+def locate_model(path: Path, runtime: str = "auto") -> tuple[Path, ModelCard]:
+    """A model file and its card from a config path that names a folder or a file.
+
+    A folder holding both files gives model.onnx, or model.tflite when `runtime` is "tflite".
+    """
     path = Path(path)
     if path.is_dir():
-        for name in MODEL_FILES:
+        for name in sorted(MODEL_FILES, key=lambda n: not n.endswith(f".{runtime}")):
             if (path / name).is_file():
                 return path / name, load_card(path)
         raise ModelLoadError(

@@ -50,7 +50,11 @@ class ServedModel:
     def load(cls, config: ModelConfig, *, engine: Engine | None = None,
              clock: Callable[[], float] = time.monotonic) -> ServedModel:
         """Open, check and start a model; ModelLoadError says why it cannot be served."""
-        path, card = locate_model(config.path) if engine is None else (config.path, _card_for(config.path))
+        if config.path is None or (config.store and engine is None and not config.path.is_dir()):
+            where = f"into {config.path.parent}" if config.path is not None else "into the model store"
+            raise ModelLoadError(f"model {config.store!r} is not pulled {where}: run `edgeslm pull {config.store}`")
+        path, card = (locate_model(config.path, config.runtime) if engine is None
+                      else (config.path, _card_for(config.path)))
         expected = card.file(path).sha256
         if engine is None and config.verify_sha256 and expected:
             actual = sha256_of(path)
@@ -213,6 +217,17 @@ class _Waiter:
         return self._completion if self._event.wait(timeout_s) else None
 
 
+def load_model(config: ModelConfig, **kwargs: Any) -> Any:
+    """A ServedModel, or a GenerativeModel when the card's tasks include generate."""
+    if kwargs.get("engine") is None and config.path is not None and config.path.exists():
+        path, card = locate_model(config.path, config.runtime)
+        if "generate" in card.model.tasks:
+            from edgeslm.tasks.llm import GenerativeModel
+
+            return GenerativeModel.load(config, path, card)
+    return ServedModel.load(config, **kwargs)
+
+
 class ModelRegistry:
     """Every configured model by name: served, or failed with the reason."""
 
@@ -230,7 +245,7 @@ class ModelRegistry:
                 continue
             registry.configs[config.name] = config
             try:
-                registry.models[config.name] = ServedModel.load(config, **kwargs)
+                registry.models[config.name] = load_model(config, **kwargs)
             except EdgeslmError as exc:
                 registry.failed[config.name] = str(exc)
                 log.error("model %s failed to load: %s", config.name, exc)

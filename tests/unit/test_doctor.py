@@ -14,8 +14,10 @@ from edgeslm.cli import main
 from edgeslm.doctor import Context, Identity, run_checks
 from edgeslm.doctor.host import check_audio, check_gpio, check_power, check_runtimes
 from edgeslm.doctor.service import check_config, check_memory, check_models, check_socket
+from edgeslm.hw.commands import RecordedCommands
 
 ROOT = Path(__file__).resolve().parents[2]
+PI5_VCGENCMD = RecordedCommands.from_dir(ROOT / "tests/fixtures/hw/pi5")  # recorded `vcgencmd pmic_read_adc`
 INTENTS = ROOT / "models" / "intents"
 STORE = "/var/lib/edgeslm/models/intents"  # where the fixture roots keep their copy of the bundled model
 SERVICE = Identity("edgeslm", uid=999, gids=frozenset({999, 997, 29}))  # gpio 997, audio 29
@@ -66,7 +68,10 @@ def test_a_healthy_pi5_passes_every_hardware_check(pi5, tmp_path):
     assert gpio.status == "ok" and "gpiochip0, gpiochip4 usable by edgeslm" in gpio.summary
     assert "another root: not opened" in gpio.summary
     assert audio.status == "ok" and "USB Audio" in audio.summary
-    assert power.status == "ok" and "Pi 5 PMIC" in power.summary and "ina219 (hwmon2)" in power.summary
+    assert power.status == "ok" and power.summary == "measured by hwmon: ina219:1"  # no vcgencmd: the INA219
+    with_pmic = check_power(ctx(pi5, config_file(tmp_path), run=PI5_VCGENCMD))
+    assert with_pmic.status == "ok" and with_pmic.summary.startswith("measured by pmic") and "also found: hwmon" in \
+        with_pmic.summary, with_pmic
     assert check_memory(context).status == "ok"
     assert check_models(context).status == "ok"
 
@@ -122,13 +127,23 @@ def test_audio_without_capture_and_without_sound(pi5, tmp_path):
 
 
 def test_power_sources_rapl_and_battery_and_none(tmp_path):
-    root = tmp_path / "laptop"
-    write(root / "sys/class/powercap/intel-rapl:0/energy_uj", "123\n")
-    write(root / "sys/class/powercap/intel-rapl:0:0/energy_uj", "12\n")  # a sub-zone: not counted twice
-    write(root / "sys/class/power_supply/BAT0/power_now", "9000000\n")
+    root = tmp_path / "laptop"  # the metrics fixtures' RAPL zones and battery gauge together
+    for fixture in ("rapl", "power_supply"):
+        shutil.copytree(ROOT / "tests/fixtures/hw" / fixture, root, dirs_exist_ok=True)
+    write(root / "proc/stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
     finding = check_power(ctx(root))
-    assert finding.summary == "sources: RAPL intel-rapl:0, power_supply BAT0"
-    assert check_power(ctx(tmp_path / "bare")).status == "warn"
+    assert finding.status == "ok" and finding.summary.startswith("measured by rapl") and \
+        "also found: power_supply" in finding.summary, finding
+    write(tmp_path / "pc/proc/stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
+    estimated = check_power(ctx(tmp_path / "pc"))
+    assert estimated.status == "warn" and "energy is estimated" in estimated.summary, estimated
+    assert "pmic:" in estimated.explanation and "hwmon:" in estimated.explanation  # why each meter was not used
+    assert check_power(ctx(tmp_path / "bare")).status == "warn"  # not even /proc/stat: nothing works
+    chosen = tmp_path / "pmic.toml"
+    chosen.write_text('[metrics]\npower_source = "pmic"\n')
+    assert check_power(ctx(tmp_path / "pc", chosen)).status == "fail"  # the configured source does not work here
+    chosen.write_text('[metrics]\npower_source = "none"\n')
+    assert check_power(ctx(tmp_path / "pc", chosen)).summary == 'not measured (metrics.power_source = "none")'
 
 
 def test_a_corrupt_model_fails_with_a_fix(pi5, tmp_path):
@@ -192,3 +207,15 @@ def test_identity_of_an_unknown_user_falls_back_to_the_caller():
     me = Identity.of("no-such-user-here")
     assert me.uid == os.geteuid()
     assert grp.getgrgid(os.getegid()).gr_gid in me.gids
+
+
+def test_store_models_are_looked_for_where_the_service_keeps_them(pi5, tmp_path):
+    write(pi5 / "etc/systemd/system/edgeslm.service", "[Service]\nStateDirectory=edgeslm\n")
+    config = write(tmp_path / "store.toml", '[[models]]\nstore = "intents"\n')
+    found = check_models(ctx(pi5, config, env={}))
+    assert found.status == "ok" and found.summary.startswith("intents (store intents, model.onnx"), found
+    missing = write(tmp_path / "missing.toml", '[[models]]\nstore = "minilm-l6"\n')
+    finding = check_models(ctx(pi5, missing, env={}))
+    assert finding.status == "fail" and "'minilm-l6' is not pulled into the model store /var/lib/edgeslm/models" \
+        in finding.summary, finding
+    assert "edgeslm pull --store /var/lib/edgeslm/models minilm-l6" in finding.summary

@@ -1,0 +1,210 @@
+"""What recording costs: throughput with metrics on vs off at 32 clients, and bytes written per hour.
+
+Run: make bench-metrics   (or: .venv/bin/python bench/metrics.py --rounds 5 --seconds 5 --bytes-seconds 60)
+
+overhead: two daemons serve the bundled intents model (ONNX), one with [metrics] on (the
+defaults: records, a 1 Hz power sampler, a 5 s flush), one with metrics off. bench/loadgen.py
+drives each with 32 closed-loop keep-alive clients, one text per request, in ABBA order for
+`--rounds` rounds; the ratio of the medians (on / off) is the cost of recording.
+
+bytes: a metrics-on daemon with default settings, left idle for --bytes-seconds, then driven
+by one client at 10 requests/s for --bytes-seconds; the bytes its record files grew by
+(and the process's write_bytes in /proc, which includes its log) are scaled to an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from loadgen import build_requests, run_load  # noqa: E402
+
+INTENTS = ROOT / "models" / "intents"
+
+
+def texts() -> list[str]:
+    data = tomllib.loads((INTENTS / "phrases.toml").read_text())
+    return [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
+
+
+def start_daemon(workdir: Path, name: str, metrics: bool) -> tuple[subprocess.Popen, Path, Path]:
+    sock, folder = workdir / f"{name}.sock", workdir / f"{name}-metrics"
+    config = workdir / f"{name}.toml"
+    config.write_text(f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
+                      '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
+                      f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_") and k != "LOGS_DIRECTORY"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config), "--socket", str(sock),
+                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
+                if client.get("http://x/ready").status_code == 200:
+                    return proc, sock, folder
+        except (httpx.TransportError, OSError):
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"daemon {name} did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def overhead(workdir: Path, rounds: int, seconds: float, clients: int) -> dict:
+    bodies = [json.dumps({"model": "intents", "input": [t]}).encode() for t in texts()]
+    requests = build_requests("/v1/classify", bodies)
+    on, on_sock, _ = start_daemon(workdir, "on", True)
+    off, off_sock, _ = start_daemon(workdir, "off", False)
+    results: dict[str, list[dict]] = {"on": [], "off": []}
+    try:
+        for i in range(rounds):
+            order = (("on", on_sock), ("off", off_sock)) if i % 2 == 0 else (("off", off_sock), ("on", on_sock))
+            for name, sock in order:
+                pid = (on if name == "on" else off).pid
+                run_load(str(sock), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
+                cpu0 = cpu_seconds(pid)
+                run = run_load(str(sock), requests, clients=clients, seconds=seconds, warmup_s=0)
+                # CPU the daemon used per request: steadier than req/s on a machine shared with other work.
+                run["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(1, run["requests"])
+                results[name].append(run)
+                print(f"  round {i + 1} {name:<3} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                      f"daemon CPU {run['cpu_us_per_request']:6.1f} us/request", flush=True)
+    finally:
+        stop(on)
+        stop(off)
+    med = {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+    cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in results.items()}
+    pair_ratios = [a["rps"] / b["rps"] for a, b in zip(results["on"], results["off"])]
+    return {"clients": clients, "rounds": rounds, "seconds": seconds, "median_rps": med,
+            "ratio_of_medians": med["on"] / med["off"], "median_pair_ratio": statistics.median(pair_ratios),
+            "median_cpu_us_per_request": cpu, "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def recording_cost(workdir: Path, n: int = 20000, repeats: int = 5) -> dict:
+    """CPU microseconds per request that recording adds, in-process: the request path (open, ran, finish on
+    the event loop) and the flush thread (count, build, serialise, write). Medians of `repeats`."""
+    from edgeslm.core.batcher import Completion
+    from edgeslm.metrics.energy import PowerTrace
+    from edgeslm.metrics.files import JsonlWriter
+    from edgeslm.metrics.prom import PromMetrics
+    from edgeslm.metrics.recorder import Recorder
+
+    trace = PowerTrace()
+    for i in range(600):
+        trace.add(i * 0.01, 3.0)
+    done = [Completion({}, None, 8, 8, 1.0, 1.0002, 1.0012)]
+    chunks = [{}]
+    path_us, flush_us = [], []
+    for i in range(repeats):
+        recorder = Recorder(JsonlWriter(workdir / f"cost-{i}"), trace, observer=PromMetrics(), source_name="rapl")
+        started = time.process_time()
+        for _ in range(n):
+            call = recorder.open("intents", "classify", 1, 7, None)
+            call.ran(done, chunks)
+            call.finish("ok", 0.999)
+        path_us.append((time.process_time() - started) * 1e6 / n)
+        started = time.process_time()
+        recorder.flush(final=True)
+        flush_us.append((time.process_time() - started) * 1e6 / n)
+        recorder.close()
+    return {"request_path_us": statistics.median(path_us), "flush_us": statistics.median(flush_us)}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("metrics-*")) if folder.exists() else 0
+
+
+def proc_write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bytes_per_hour(workdir: Path, seconds: float, rate: float) -> dict:
+    proc, sock, folder = start_daemon(workdir, "bytes", True)
+    phrases = texts()
+    result = {}
+    try:
+        time.sleep(6)  # the first flush and first file are start-up, not steady state
+        for phase in ("idle", f"{rate:g} req/s"):
+            size0, io0 = folder_bytes(folder), proc_write_bytes(proc.pid)
+            started = time.monotonic()
+            sent = 0
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://x") as client:
+                while (now := time.monotonic()) - started < seconds:
+                    if phase != "idle" and sent < (now - started) * rate:
+                        client.post("/v1/classify", json={"model": "intents", "input": [phrases[sent % len(phrases)]]})
+                        sent += 1
+                    time.sleep(0.005)
+            time.sleep(6)  # one more flush so the phase's records are on disk, then measure
+            elapsed = time.monotonic() - started
+            grown, written = folder_bytes(folder) - size0, proc_write_bytes(proc.pid) - io0
+            result[phase] = {"seconds": round(elapsed, 1), "requests": sent, "file_bytes": grown,
+                             "file_bytes_per_hour": round(grown * 3600 / elapsed),
+                             "proc_write_bytes_per_hour": round(written * 3600 / elapsed),
+                             "bytes_per_request": round(grown / sent, 1) if sent else None}
+    finally:
+        stop(proc)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="ABBA rounds of on/off (default 5)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per run (default 5)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
+    parser.add_argument("--only", choices=["overhead", "bytes"], help="run one of the two measurements")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    report: dict = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="edgeslm-bench-metrics-") as tmp:
+        if args.only != "bytes":
+            print(f"metrics on vs off, {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s each")
+            report["overhead"] = o = overhead(Path(tmp), args.rounds, args.seconds, args.clients)
+            print(f"\nmedian req/s: on {o['median_rps']['on']:.0f}, off {o['median_rps']['off']:.0f}; "
+                  f"ratio on/off {o['ratio_of_medians']:.3f} (median of per-round ratios "
+                  f"{o['median_pair_ratio']:.3f}); target >= 0.97")
+            print(f"median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
+                  f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
+                  f"{o['cpu_ratio']:.3f}")
+            report["recording_cost"] = c = recording_cost(Path(tmp))
+            print(f"recording in-process: {c['request_path_us']:.2f} us CPU on the request path + "
+                  f"{c['flush_us']:.2f} us in the flush thread per request")
+        if args.only != "overhead":
+            print(f"\nbytes written: idle, then 10 req/s, {args.bytes_seconds:g} s each (default [metrics])")
+            report["bytes"] = b = bytes_per_hour(Path(tmp), args.bytes_seconds, 10.0)
+            for phase, d in b.items():
+                per = f", {d['bytes_per_request']} B/request" if d["bytes_per_request"] else ""
+                print(f"  {phase:<10} {d['file_bytes_per_hour'] / 1e6:8.3f} MB/hour in record files "
+                      f"({d['file_bytes']} B in {d['seconds']} s{per}); process write_bytes "
+                      f"{d['proc_write_bytes_per_hour'] / 1e6:.3f} MB/hour")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""Request records: taken on the request path for almost nothing, given energy and written by a flush thread."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from edgeslm.core.batcher import Completion
+from edgeslm.metrics.energy import PowerTrace
+from edgeslm.metrics.files import JsonlWriter
+from edgeslm.metrics.finished import Batch, FinishedRequest, batches_of
+
+log = logging.getLogger(__name__)
+
+class RequestObserver(Protocol):
+    """What counts finished requests (the Prometheus metrics), in batches."""
+
+    def observe_many(self, finished: Sequence[FinishedRequest]) -> None: ...
+
+    def add_energy(self, joules_by_model: Mapping[str, float]) -> None: ...
+
+
+class RequestCall:
+    """One request to one model, from the handler's start to its answer.
+
+    The server opens it when it hands the request to a model, reports the batch completions
+    with `ran`, and `finish`es it with the status once the response is built.
+    """
+
+    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "enqueued", "started",
+                 "ended", "batch_rows", "more", "finished")
+
+    def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
+                 request_id: str | int):
+        self.recorder = recorder
+        self.model, self.task, self.rows = model, task, rows
+        self.tokens_in: int | None = tokens_in
+        self.tokens_out: int | None = None
+        self.request_id = request_id
+        self.enqueued = self.started = self.ended = 0.0
+        self.batch_rows = 0
+        self.more: tuple[Batch, ...] | None = None
+        self.finished = False
+
+    def ran(self, completions: Sequence[Completion], chunks: Sequence[Mapping[str, Any]]) -> None:
+        """The completions of the request's chunks (its feeds, split at max_batch rows), one per chunk."""
+        c = completions[-1]
+        self.enqueued, self.started, self.ended, self.batch_rows = (c.enqueued_at, c.started_at, c.finished_at,
+                                                                    c.batch_rows)
+        if len(completions) > 1:
+            rows = [len(next(iter(chunk.values()))) for chunk in chunks]
+            self.more = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, n)
+                               for c, n in zip(completions, rows) if c.batch_rows])
+
+    def finish(self, status: str, started_at: float) -> None:
+        """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
+        if not self.finished:
+            self.finished = True
+            self.recorder.finish(self, status, started_at)
+
+
+class IsoStamp:
+    """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second."""
+
+    _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._prefix = ""
+
+    def __call__(self, wall: float) -> str:
+        second, ms = divmod(int(wall * 1000), 1000)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._prefix + self._MILLIS[ms]
+
+
+class Recorder:
+    """Collects request and sample records; a flush thread counts and writes them every `flush_interval_s`.
+
+    The request path only appends to a queue. `absorb` moves queued requests into the
+    counters (the flush thread and every scrape call it); `flush` writes the records.
+
+    Energy per request: the power trace integrated over each batch's run window (the engine
+    call), shared among the batch's requests by rows: every row of a padded batch costs the
+    same compute. A request split into chunks sums its chunks. A record waits for the first
+    power sample after its batch ended (so the window is covered by measurements), at most
+    `energy_wait_s`; then it is written with what the trace has. With no request to write,
+    sample records are held until `idle_write_s` has passed since the last write.
+    """
+
+    def __init__(self, writer: JsonlWriter | None, trace: PowerTrace, *, observer: RequestObserver | None = None,
+                 source_name: str = "none", clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, flush_interval_s: float = 5.0,
+                 energy_wait_s: float = 3.0, max_pending: int = 100_000, waits_for_power: bool = True,
+                 idle_write_s: float = 60.0, prepare_interval_s: float = 0.5):
+        self.writer = writer
+        self.trace = trace
+        self.observer = observer
+        self.source_name = source_name
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.flush_interval_s = flush_interval_s
+        self.energy_wait_s = energy_wait_s
+        self.max_pending = max_pending
+        self.waits_for_power = waits_for_power
+        self.idle_write_s = idle_write_s
+        self.prepare_interval_s = prepare_interval_s
+        self._lines: list[bytes] = []  # serialised, not yet written
+        self._last_write = float("-inf")
+        self.in_flight = 0
+        self.last_finished = float("-inf")
+        self.overflowed = 0
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(3).hex()
+        self._stamp = IsoStamp()
+        self._finished: deque[FinishedRequest] = deque()  # not yet counted
+        self._pending: deque[FinishedRequest] = deque()  # counted, not yet written
+        self._samples: deque[dict] = deque(maxlen=1000)
+        self._absorb_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: not written (disk) or not even queued (the flush thread fell behind)."""
+        return self.overflowed + (self.writer.dropped if self.writer is not None else 0)
+
+    # -- the request path (event loop thread) ------------------------------------------------------------------
+    def open(self, model: str, task: str, rows: int, tokens_in: int | None = None,
+             request_id: str | None = None) -> RequestCall:
+        self.in_flight += 1
+        if request_id is None or not (0 < len(request_id) <= 64 and request_id.isprintable()):
+            return RequestCall(self, model, task, rows, tokens_in, next(self._ids))
+        return RequestCall(self, model, task, rows, tokens_in, request_id)
+
+    def finish(self, call: RequestCall, status: str, started_at: float) -> None:
+        now = self.clock()
+        self.in_flight -= 1
+        self.last_finished = now
+        if len(self._finished) >= self.max_pending:
+            self.overflowed += 1
+            return
+        self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
+                               call.tokens_in, call.tokens_out, call.request_id, call.enqueued, call.started,
+                               call.ended, call.batch_rows, call.more))
+
+    def activity(self) -> tuple[int, float]:
+        return self.in_flight, self.last_finished
+
+    def add_sample(self, record: dict) -> None:
+        """A sampler summary; stamped now and written with the next flush."""
+        stamped = {"kind": "sample", "ts": self._stamp(self.wall_clock()), "mono_ns": int(self.clock() * 1e9)}
+        stamped.update(record)
+        self._samples.append(stamped)
+
+    # -- the flush thread (and scrapes) ------------------------------------------------------------------------
+    def absorb(self) -> None:
+        """Count the requests finished since the last call; queue their records for writing."""
+        with self._absorb_lock:
+            taken = []
+            while self._finished:
+                taken.append(self._finished.popleft())
+            if not taken:
+                return
+            if self.observer is not None:
+                self.observer.observe_many(taken)
+            if self.writer is not None:
+                self._pending.extend(taken)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="metrics-writer", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        # Records are serialised in small steps and written every flush_interval_s: short bursts keep the
+        # event loop from waiting on the GIL behind thousands of records at once.
+        step_s = min(self.flush_interval_s, self.prepare_interval_s)
+        write_at = self.clock() + self.flush_interval_s
+        while not self._stop.wait(step_s):
+            try:
+                self.prepare()
+                if self.clock() >= write_at:
+                    write_at = self.clock() + self.flush_interval_s
+                    self.write()
+            except Exception:
+                log.exception("metrics flush failed; records kept for the next one")
+
+    def flush(self, *, final: bool = False) -> int:
+        """Write every record that is ready (all of them when `final`); returns how many were written."""
+        self.prepare(final=final)
+        return self.write(final=final)
+
+    def prepare(self, *, final: bool = False) -> None:
+        """Count finished requests and serialise the records whose energy is known (all when `final`)."""
+        self.absorb()
+        if self.writer is None:
+            return
+        with self._flush_lock:
+            covered = self.trace.last_t
+            give_up = self.clock() - self.energy_wait_s
+            energy: dict[str, float] = defaultdict(float)
+            batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
+            lines = self._lines
+            while self._pending:
+                entry = self._pending[0]
+                ended = entry[12] if entry[13] else None  # chunks run in order: the last ends last
+                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
+                if waiting and self.waits_for_power and not final:
+                    break
+                self._pending.popleft()
+                record = self._request_record(entry, batch_j)
+                if "energy_j" in record:
+                    energy[entry[2]] += record["energy_j"]
+                lines.append(orjson.dumps(record))
+                if len(lines) % 256 == 0 and not final:
+                    time.sleep(0)  # hand the GIL to the event loop between slices
+            if energy and self.observer is not None:
+                self.observer.add_energy(energy)
+
+    def write(self, *, final: bool = False) -> int:
+        """Append the serialised records (and the sample records) to the file; returns how many were written."""
+        if self.writer is None:
+            return 0
+        with self._flush_lock:
+            lines, self._lines = self._lines, []
+            # Sample records alone (an idle daemon) wait for a minute's worth: each write dirties a whole page.
+            idle = not lines and self.clock() - self._last_write < self.idle_write_s
+            samples = []
+            while self._samples and not (idle and not final):
+                samples.append(orjson.dumps(self._samples.popleft()))
+            lines = samples + lines
+            if lines:
+                self._last_write = self.clock()
+            ok = self.writer.write(lines)
+            return len(lines) if ok else 0
+
+    def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
+        wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id = entry[:10]
+        batches = batches_of(entry)
+        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
+                  "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
+                  "model": model, "task": task, "status": status, "rows": rows}
+        if batches:
+            if len(batches) == 1:
+                (enqueued, started, ended, batch_rows, _), = batches
+                queue_s, run_s = started - enqueued, ended - started
+            else:
+                batch_rows = max(b[3] for b in batches)
+                queue_s, run_s = max(b[1] - b[0] for b in batches), sum(b[2] - b[1] for b in batches)
+            # Milliseconds to the microsecond: short in JSON.
+            record["batch"] = batch_rows
+            record["queue_ms"] = int(queue_s * 1e6 + 0.5) / 1000
+            record["run_ms"] = int(run_s * 1e6 + 0.5) / 1000
+        record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
+        if tokens_in is not None:
+            record["tokens_in"] = tokens_in
+        if tokens_out is not None:
+            record["tokens_out"] = tokens_out
+        joules = self._energy(batches, batch_j)
+        if joules is not None:
+            record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
+            record["power_source"] = self.source_name
+        return record
+
+    def _energy(self, batches: tuple[Batch, ...], batch_j: dict[tuple[float, float], float | None]) -> float | None:
+        """The request's share (its rows of the batch's rows) of each batch's energy, summed."""
+        total = None
+        for _, started, finished, batch_rows, rows in batches:
+            window = (started, finished)
+            joules = batch_j[window] if window in batch_j else batch_j.setdefault(
+                window, self.trace.energy_j(started, finished))
+            if joules is None:
+                return None
+            total = (total or 0.0) + joules * rows / batch_rows
+        return total
+
+    def close(self) -> None:
+        """Stop the flush thread and write everything still buffered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            self.flush(final=True)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
