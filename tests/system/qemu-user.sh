@@ -4,7 +4,7 @@
 # apt runs with private lists and cache, so the machine's apt configuration is left as it is.
 set -euo pipefail
 out=$1
-[ -x "$out/qemu-aarch64" ] && { echo "qemu-user: cached $out/qemu-aarch64"; exit 0; }
+[ -x "$out/qemu-aarch64" ] && { echo "qemu-user: $("$out/qemu-aarch64" --version | head -n1) (cached in $out)"; exit 0; }
 mirror=${DEBIAN_MIRROR:-$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
          | grep -oE 'https?://[^ ]+' | head -n1 || true)}
 mirror=${mirror:-http://deb.debian.org/debian}

@@ -9,7 +9,8 @@ import pytest
 
 from edgeslm.config import Config, ModelConfig, ServerConfig
 from edgeslm.errors import ConfigError, ModelLoadError
-from edgeslm.server.reload import InFlight, Reloader, fingerprint
+from edgeslm.events import EventBus
+from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
 from edgeslm.tasks.served import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +35,19 @@ def model(name: str, **kwargs) -> ModelConfig:
     return ModelConfig(name=name, path=INTENTS, **kwargs)
 
 
+class FakeGenerativeModel(FakeModel):
+    """Stands in for a GenerativeModel: it has a generator (its streams may outlast request_timeout_s)."""
+
+    generator = object()
+
+
 class Harness:
-    def __init__(self, first: Config, fail: set[str] = frozenset()):
+    def __init__(self, first: Config, fail: set[str] = frozenset(), kind: type[FakeModel] = FakeModel):
         self.current, self.fail, self.loads = first, set(fail), []
         self.registry = ModelRegistry()
         for m in first.models:
             self.registry.configs[m.name] = m
-            self.registry.models[m.name] = FakeModel(m)
+            self.registry.models[m.name] = kind(m)
         self.inflight = InFlight(self._app)
         self.gate = asyncio.Event()
         self.reloader = Reloader(self.registry, first, read_config=lambda: self.current, inflight=self.inflight,
@@ -183,3 +190,35 @@ def test_event_streams_do_not_hold_back_a_retirement():
         await stream
 
     run(scenario())
+
+
+def test_a_generation_model_waits_for_its_streams_past_the_request_timeout():
+    async def scenario():
+        h = Harness(config(model("llm"), timeout_s=0.01), kind=FakeGenerativeModel)
+        old = h.registry.models["llm"]
+        stream = asyncio.create_task(h.request("/v1/chat/completions"))
+        await asyncio.sleep(0)
+        h.current = config(model("llm", threads=2), timeout_s=0.01)
+        assert (await h.reloader.reload()).loaded == ["llm"]
+        await asyncio.sleep(0.2)  # 20 request timeouts: a classifier would have been closed by now
+        assert not old.closed, "a generation model was closed under a stream that was still running"
+        h.gate.set()
+        await stream
+        await h.reloader.settle()
+        assert old.closed
+
+    run(scenario())
+
+
+def test_reload_outcomes_become_model_events():
+    bus = EventBus()
+    publish_outcome(bus, ReloadOutcome(loaded=["a"], kept=["k"], removed=["b"], still_failed={"c": "no file"}))
+    publish_outcome(bus, ReloadOutcome(ok=False, error=ModelLoadError("model 'a' would not load: gone")))
+    events = [(e.kind, e.data) for e in bus.subscribe(since=0).drain()]
+    assert events == [
+        ("model", {"model": "a", "state": "ready", "reloaded": True}),
+        ("model", {"model": "b", "state": "removed"}),
+        ("model", {"model": "c", "state": "failed", "error": "no file"}),
+        ("model", {"state": "reload_failed",
+                   "error": "reload failed, still serving the previous config: model 'a' would not load: gone"}),
+    ]
