@@ -152,6 +152,12 @@ do_install() {
     local package_changed=0
     if [ "$before" = "$after" ]; then done_ "edgeslm package up to date"; else package_changed=1; changed "installed $("$prefix/venv/bin/edgeslm" --version)"; fi
     [ -f "$repo/README.md" ] && install_file "$repo/README.md" "$prefix/README.md" 0644 || true
+    if [ "$(readlink /usr/local/bin/edgeslm 2>/dev/null)" = "$prefix/venv/bin/edgeslm" ]; then
+        done_ "command /usr/local/bin/edgeslm"
+    else
+        ln -sfn "$prefix/venv/bin/edgeslm" /usr/local/bin/edgeslm
+        changed "linked /usr/local/bin/edgeslm (edgeslm reload, doctor, listen, pull)"
+    fi
 
     install -d -m 0750 -o root -g edgeslm "$etc"
     if [ -e "$etc/edgeslm.toml" ]; then
@@ -211,6 +217,9 @@ do_uninstall() {
         if [ -e "$unit_dir/$unit" ]; then rm -f "$unit_dir/$unit"; changed "removed $unit_dir/$unit"; fi
     done
     systemd_running && systemctl daemon-reload
+    if [ "$(readlink /usr/local/bin/edgeslm 2>/dev/null)" = "$prefix/venv/bin/edgeslm" ]; then
+        rm -f /usr/local/bin/edgeslm; changed "removed /usr/local/bin/edgeslm"
+    fi
     if [ -d "$prefix" ]; then rm -rf "$prefix"; changed "removed $prefix"; fi
     if [ $purge = 1 ]; then
         for dir in "$etc" /var/lib/edgeslm /var/log/edgeslm /var/lib/private/edgeslm; do

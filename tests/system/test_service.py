@@ -46,6 +46,9 @@ runtime = "onnx"
 max_delay_ms = 700   # each request waits here for batch-mates: in flight long enough to see a drain
 inline_max_ms = 0
 max_batch = 64
+
+[metrics]
+flush_interval_s = 3600   # records reach /var/log/edgeslm only through the flush at stop
 """
 # Faster than production so the watchdog check takes seconds; still 2.5 s between pings.
 TEST_DROPIN = "[Service]\nWatchdogSec=5s\nRestartSec=1s\n"
@@ -116,6 +119,7 @@ def test_install_script_is_idempotent(installed, proved):
     assert "created user edgeslm" in first and "enabled edgeslm.socket" in first, first
     assert "installing for board 'pi5' (GPIO: lgpio>=0.2)" in first, first
     container.run("/opt/edgeslm/venv/bin/python", "-c", "import lgpio")
+    assert "edgeslm reload" in container.run("/usr/local/bin/edgeslm", "--help").stdout  # the command is on PATH
     changes = [line for line in second.splitlines() if line.startswith("  +")]
     assert not changes, f"the second run changed things:\n{second}"
     assert (container.root / "etc/systemd/system/sockets.target.wants/edgeslm.socket").is_symlink()
@@ -125,8 +129,8 @@ def test_install_script_is_idempotent(installed, proved):
                            "/etc/systemd/system/edgeslm.service")
     assert "edgeslm" not in verify.stderr, verify.stderr
     proved("install.sh detects a Pi 5 from the device-tree model and installs lgpio with edgeslm; "
-           "it sets up user, groups, venv, config and units and enables the socket; a second run "
-           "changes nothing; systemd-analyze verify passes inside the installed tree "
+           "it sets up user, groups, venv, /usr/local/bin/edgeslm, config and units and enables the socket; "
+           "a second run changes nothing; systemd-analyze verify passes inside the installed tree "
            f"({timings['unpack and install.sh twice']:.0f} s)")
 
 
@@ -161,6 +165,7 @@ def test_uninstall(installed, proved):
     again = container.run(*removal).stdout
     root = container.root
     assert not (root / "opt/edgeslm").exists() and not (root / "etc/systemd/system/edgeslm.service").exists()
+    assert not (root / "usr/local/bin/edgeslm").is_symlink()
     assert not (root / "etc/systemd/system/sockets.target.wants/edgeslm.socket").exists()
     assert "edgeslm:" not in (root / "etc/passwd").read_text()
     assert "removed /opt/edgeslm" in first and not [line for line in again.splitlines() if line.startswith("  +")]

@@ -44,6 +44,26 @@ def call(method: str, path: str, body: dict | None = None, timeout: float = 60) 
         conn.close()
 
 
+def fetch_text(path: str, timeout: float = 60) -> tuple[int, str]:
+    conn = UnixHTTP(timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def request_records(model: str) -> int:
+    """Request records for `model` in the metrics files (LogsDirectory=edgeslm)."""
+    count = 0
+    for file in Path("/var/log/edgeslm").glob("*.jsonl"):
+        for line in file.read_text().splitlines():
+            record = json.loads(line)
+            count += record.get("kind") == "request" and record.get("model") == model
+    return count
+
+
 def classify(text: str = "turn on the kitchen light", model: str = "intents", timeout: float = 60) -> str:
     status, body = call("POST", "/v1/classify", {"model": model, "input": [text]}, timeout)
     if status != 200:
@@ -221,9 +241,12 @@ def main() -> int:
         assert why, "the journal does not say why the reload failed"
         return f"systemctl reload exited {reload.returncode}; still serving; journal: {why[-1][:160]}"
 
-    @check("systemctl stop drains in-flight requests and exits 0")
+    @check("systemctl stop drains in-flight requests, writes the buffered metrics records and exits 0")
     def _():
         slow = {}
+        status, text = fetch_text("/metrics")
+        assert status == 200 and 'edgeslm_requests_total{model="intents"' in text, (status, text[:500])
+        slow_before = request_records("slow")
 
         def request() -> None:
             try:
@@ -245,7 +268,11 @@ def main() -> int:
         assert props["ExecMainStatus"] == "0", props
         drained = [line for line in journal(since).splitlines() if "draining" in line]
         assert drained and "draining 1 in-flight" in drained[-1], drained
-        return f"pid {pid}: {drained[-1]!r}; the request was answered; exit status 0, Result=success"
+        slow_after = request_records("slow")
+        assert slow_after == slow_before + 1, (slow_before, slow_after)
+        return (f"pid {pid}: {drained[-1]!r}; the request was answered; its request record was written to "
+                f"/var/log/edgeslm by the flush at stop (flush interval 1 h); exit status 0, Result=success; "
+                f"GET /metrics answered before the stop")
 
     @check("after a stop the socket still activates the service (RuntimeDirectoryPreserve=yes)")
     def _():
