@@ -119,7 +119,7 @@ def test_install_script_is_idempotent(installed, proved):
     assert "created user edgeslm" in first and "enabled edgeslm.socket" in first, first
     assert "installing for board 'pi5' (GPIO: lgpio>=0.2)" in first, first
     container.run("/opt/edgeslm/venv/bin/python", "-c", "import lgpio")
-    assert "edgeslm reload" in container.run("/usr/local/bin/edgeslm", "--help").stdout  # the command is on PATH
+    assert "usage: edgeslm reload" in container.run("/usr/local/bin/edgeslm", "reload", "--help").stdout  # on PATH
     changes = [line for line in second.splitlines() if line.startswith("  +")]
     assert not changes, f"the second run changed things:\n{second}"
     assert (container.root / "etc/systemd/system/sockets.target.wants/edgeslm.socket").is_symlink()
