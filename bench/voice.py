@@ -45,7 +45,7 @@ from tests.voice_assets import (  # noqa: E402
     voice_daemon_config,
 )
 
-STAGES = ("capture_start", "first_audio", "capture", "vad", "speech_stream", "speech", "intent", "action",
+STAGES = ("capture_start", "first_audio", "capture", "vad", "speech", "intent", "action",
           "after_speech", "total")
 
 
@@ -70,7 +70,8 @@ def bare_pipeline(vad_path: Path) -> tuple[VoicePipeline, ModelRegistry]:
     pipeline = VoicePipeline(SileroVad.open(vad_path), PhraseRecognizer(intents, voice.speech),
                              ClassifierIntents(registry, "intents", intents), intents, NoActions(),
                              UtteranceRules.from_config(voice.vad, voice.max_seconds, FRAME_S),
-                             min_frame_score=voice.speech.min_frame_score, min_confidence=voice.min_confidence)
+                             min_frame_score=voice.speech.min_frame_score, min_confidence=voice.min_confidence,
+                             min_word_coverage=voice.speech.min_word_coverage)
     return pipeline, registry
 
 

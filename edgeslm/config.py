@@ -404,8 +404,14 @@ class SpeechConfig(Settings):
     pronunciations: dict[str, str] = Field(
         default_factory=dict, description='extra words, e.g. { edgeslm = "EH JH S L AE M" } (CMU phones)')
     min_frame_score: float = Field(
-        -5.0, le=0, description="mean per-frame acoustic log-score of the heard words against the best free "
+        -4.0, le=0, description="mean per-frame acoustic log-score of the heard words against the best free "
         "path (0 = perfect); below it the speech is no_match")
+    min_word_coverage: float = Field(
+        0.7, ge=0, le=1, description="the phrase's words must span at least this share of the speech the VAD "
+        "heard; below it the speech held more than the phrase (\"what is the weather like\" heard as \"what "
+        "time is it\") and is no_match")
+    topn: int = Field(16, ge=1, le=64, description="Gaussians scored per frame: more is more accurate and slower "
+                      "(pocketsphinx's own default is 4)")
 
 
 class IntentConfig(Settings):

@@ -38,10 +38,14 @@ def missing_tools() -> list[str]:
 
 
 def speak(text: str, *, voice: str = "en-us", speed: int = 160, workdir: Path) -> np.ndarray:
-    """espeak-ng says `text`; sox makes it 16 kHz mono 16-bit; returns the samples."""
+    """espeak-ng says `text`; sox makes it 16 kHz mono 16-bit; returns the samples.
+
+    The same text gives the same samples every time: sox dithers what it resamples to 16 bits
+    with fresh random noise on each run unless -R (repeatable) seeds it.
+    """
     wav, raw = workdir / "say.wav", workdir / "say.raw"
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text], check=True)
-    subprocess.run(["sox", str(wav), "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw",
+    subprocess.run(["sox", "-R", str(wav), "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw",
                     str(raw)], check=True)
     return np.fromfile(raw, dtype="<i2")
 

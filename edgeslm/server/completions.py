@@ -119,6 +119,7 @@ class Completions:
 
     async def _respond(self, request: Request, model: GenerativeModel, body: SamplingFields, ids: np.ndarray,
                        max_tokens: int, *, chat: bool) -> Response:
+        started = self.recorder.clock() if self.recorder is not None else 0.0  # before the generation can start
         try:
             sampling = _sampling(body)
         except ValueError as exc:
@@ -134,7 +135,7 @@ class Completions:
         events = self._events(listener, generation, model.name)
         if self.recorder is not None:
             call = self.recorder.open(model.name, "generate", 1, len(ids), request.headers.get("x-request-id"))
-            events = _recorded(events, call, self.recorder.clock())
+            events = _recorded(events, call, started)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(self._sse(events, head, chat, include_usage, watcher, generation.cancel),

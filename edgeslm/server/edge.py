@@ -138,6 +138,7 @@ def _start_voice(voice: VoiceConfig, registry: ModelRegistry, runner: ActionRunn
     rules = UtteranceRules.from_config(voice.vad, voice.max_seconds, FRAME_S)
     pipeline = VoicePipeline(vad, recognizer, resolver, voice.intents, runner, rules,
                              min_frame_score=voice.speech.min_frame_score, min_confidence=voice.min_confidence,
+                             min_word_coverage=voice.speech.min_word_coverage,
                              clock=clock)
 
     def microphone() -> AudioSource:

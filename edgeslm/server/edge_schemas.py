@@ -38,11 +38,13 @@ class VoiceAnswer(BaseModel):
     """What POST /v1/audio/intent heard and did (the `intent` / `no_match` event carries the same fields)."""
 
     status: str = Field(description="intent or no_match")
-    reason: str | None = Field(None, description="no_match: no_speech, not_a_phrase, low_score or low_confidence")
+    reason: str | None = Field(None, description="no_match: no_speech, not_a_phrase, low_score, extra_speech or "
+                                                 "low_confidence")
     transcript: str
     intent: str | None
     confidence: float | None = Field(None, description="the intent's score, 0..1")
     frame_score: float | None = Field(None, description="recogniser fit, mean log score per frame (0 = perfect)")
-    latency_ms: dict[str, float] = Field(description="milliseconds per stage: vad, speech_stream, speech, intent, "
+    word_coverage: float | None = Field(None, description="share of the heard speech the recognised phrase spans")
+    latency_ms: dict[str, float] = Field(description="milliseconds per stage: vad, speech, intent, "
                                                      "action, after_speech, total")
     actions: list[dict[str, Any]] = Field(description="what each action did (empty with ?act=false)")

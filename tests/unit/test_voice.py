@@ -174,13 +174,8 @@ class ScriptedRecognizer:
     def __init__(self, heard: Heard):
         self.heard, self.fed = heard, 0
 
-    def start(self) -> None:
-        self.fed = 0
-
-    def feed(self, samples: np.ndarray) -> None:
-        self.fed += len(samples)
-
-    def finish(self) -> Heard:
+    def transcribe(self, samples: np.ndarray) -> Heard:
+        self.fed = len(samples)
         return self.heard
 
 
@@ -211,19 +206,22 @@ def speech_clip() -> np.ndarray:
     (Heard("lights", False, -2.0), IntentGuess("lights_on", 0.97), "no_match", "not_a_phrase"),
     (Heard("lights on", True, -7.0), IntentGuess("lights_on", 0.97), "no_match", "low_score"),
     (Heard("lights on", True, -2.0), IntentGuess("lights_on", 0.3), "no_match", "low_confidence"),
+    (Heard("lights on", True, -2.0, words_ms=600), IntentGuess("lights_on", 0.97), "intent", None),
+    (Heard("lights on", True, -2.0, words_ms=200), IntentGuess("lights_on", 0.97), "no_match", "extra_speech"),
 ])
 def test_pipeline_acts_only_on_a_confident_whole_phrase(heard, guess, status, reason):
     runner = RecordingRunner()
     recognizer = ScriptedRecognizer(heard)
     pipeline = VoicePipeline(EnergyVad(), recognizer, FixedIntent(guess),
                              [IntentConfig(name="lights_on", phrases=["lights on"])], runner, RULES,
-                             min_frame_score=-5.0, min_confidence=0.5)
+                             min_frame_score=-5.0, min_confidence=0.5, min_word_coverage=0.7)
     result = pipeline.run_on_audio(speech_clip(), context={"source": "upload"})
     assert (result.status, result.reason) == (status, reason)
     assert bool(runner.ran) == (status == "intent")
     assert result.ended_by == "speech_ended" and result.speech_audio_ms == pytest.approx(20 * FRAME_S * 1000)
-    assert recognizer.fed >= 20 * 512  # the speech and its pre-roll reached the recogniser as it streamed
-    assert {"vad", "speech_stream", "speech", "after_speech", "total"} <= set(result.latency_ms)
+    # the speech with speech_pad_ms of audio each side reached the recogniser, not the trailing silence
+    assert recognizer.fed == (20 + 2 * RULES.pad_frames) * 512
+    assert {"vad", "speech", "after_speech", "total"} <= set(result.latency_ms)
 
 
 def test_pipeline_reports_no_speech_without_running_the_recogniser():
