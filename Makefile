@@ -82,7 +82,7 @@ bench-llm-genai: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/llm.py $(ARGS)
 
 # Root only. Needs systemd-container, debootstrap, qemu-user-static (.ci/run installs them); the first run
-# debootstraps Debian into .cache/system (a few minutes), later runs reuse the tarballs.
+# debootstraps Debian into .cache/system (about 13 min on 2 cores), later runs reuse the tarballs (about 5 min).
 system: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m system tests/system -p no:cacheprovider -rs $(ARGS)
 
