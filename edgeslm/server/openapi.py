@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from edgeslm.server import completion_schemas, edge_schemas, schemas
+from edgeslm.server.reload import ReloadAnswer
 
 # (method, path, summary, request schema, response schema, error statuses)
 OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], tuple[int, ...]], ...] = (
@@ -31,6 +32,8 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
     ("get", "/v1/gpio", "GPIO backend, triggers and outputs with their levels", None, edge_schemas.GpioStatus, ()),
     ("post", "/v1/gpio/{pin}/press", "Press a trigger pin of the mock backend", edge_schemas.PressRequest,
      edge_schemas.PressAnswer, (400, 503)),
+    ("post", "/admin/reload", "Re-read the config, swap changed models (root and the daemon's user)", None,
+     ReloadAnswer, (403, 422)),
 )
 
 

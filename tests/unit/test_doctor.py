@@ -1,0 +1,221 @@
+"""`edgeslm doctor` against fixture roots: a healthy Pi 5, broken permissions, corrupt models, no hardware."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgeslm.cli import main
+from edgeslm.doctor import Context, Identity, run_checks
+from edgeslm.doctor.host import check_audio, check_gpio, check_power, check_runtimes
+from edgeslm.doctor.service import check_config, check_memory, check_models, check_socket
+from edgeslm.hw.commands import RecordedCommands
+
+ROOT = Path(__file__).resolve().parents[2]
+PI5_VCGENCMD = RecordedCommands.from_dir(ROOT / "tests/fixtures/hw/pi5")  # recorded `vcgencmd pmic_read_adc`
+INTENTS = ROOT / "models" / "intents"
+STORE = "/var/lib/edgeslm/models/intents"  # where the fixture roots keep their copy of the bundled model
+SERVICE = Identity("edgeslm", uid=999, gids=frozenset({999, 997, 29}))  # gpio 997, audio 29
+
+
+def write(path: Path, text: str | bytes = "", mode: int | None = None, gid: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    if mode is not None:
+        path.chmod(mode)
+    if gid is not None:
+        os.chown(path, 0, gid)
+    return path
+
+
+@pytest.fixture
+def pi5(tmp_path) -> Path:
+    """A Raspberry Pi 5 as the doctor would see it: chips for group gpio, a USB mic, an INA219, 3.5 GB free."""
+    root = tmp_path / "pi5"
+    write(root / "proc/device-tree/model", b"Raspberry Pi 5 Model B Rev 1.0\0")
+    for n in (0, 4):
+        write(root / f"dev/gpiochip{n}", mode=0o660, gid=997)
+    write(root / "dev/vcio", mode=0o660)
+    write(root / "proc/asound/pcm", "00-00: bcm2835 HDMI 1 : bcm2835 HDMI 1 : playback 8\n"
+                                    "01-00: USB Audio : USB Audio : playback 1 : capture 1\n")
+    write(root / "dev/snd/pcmC1D0c", mode=0o660, gid=29)
+    write(root / "sys/class/hwmon/hwmon2/name", "ina219\n")
+    write(root / "sys/class/hwmon/hwmon2/power1_input", "2875000\n")
+    write(root / "proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    3500000 kB\n")
+    shutil.copytree(INTENTS, root / STORE.lstrip("/"), ignore=shutil.ignore_patterns("*.py", "*.md"))
+    return root
+
+
+def ctx(root: Path, config: Path | None = None, modules=("lgpio", "gpiozero"), **kwargs) -> Context:
+    context = Context(root=root, config_path=config, user=SERVICE, module_present=lambda name: name in modules,
+                      **kwargs)
+    check_config(context)
+    return context
+
+
+def config_file(tmp_path: Path, model_dir: Path | str = STORE, extra: str = "") -> Path:
+    return write(tmp_path / "edgeslm.toml", f'[[models]]\nname = "intents"\npath = "{model_dir}"\n{extra}')
+
+
+def test_a_healthy_pi5_passes_every_hardware_check(pi5, tmp_path):
+    context = ctx(pi5, config_file(tmp_path))
+    gpio, audio, power = check_gpio(context), check_audio(context), check_power(context)
+    assert gpio.status == "ok" and "gpiochip0, gpiochip4 usable by edgeslm" in gpio.summary
+    assert "another root: not opened" in gpio.summary
+    assert audio.status == "ok" and "USB Audio" in audio.summary
+    assert power.status == "ok" and power.summary == "measured by hwmon: ina219:1"  # no vcgencmd: the INA219
+    with_pmic = check_power(ctx(pi5, config_file(tmp_path), run=PI5_VCGENCMD))
+    assert with_pmic.status == "ok" and with_pmic.summary.startswith("measured by pmic") and "also found: hwmon" in \
+        with_pmic.summary, with_pmic
+    assert check_memory(context).status == "ok"
+    assert check_models(context).status == "ok"
+
+
+def test_gpio_chips_the_service_user_cannot_open(pi5, tmp_path):
+    (pi5 / "dev/gpiochip4").chmod(0o600)
+    finding = check_gpio(ctx(pi5))
+    assert finding.status == "fail" and "cannot open gpiochip4" in finding.summary
+    assert "usermod -aG gpio edgeslm" in finding.fix
+
+
+def test_gpio_chips_without_a_library(pi5):
+    finding = check_gpio(ctx(pi5, modules=()))
+    assert finding.status == "fail" and finding.fix.startswith("pip install lgpio")
+
+
+class FakeBackend:
+    closed = False
+
+    def describe(self):
+        return {"backend": "lgpio", "chip": "gpiochip4", "label": "pinctrl-rp1"}
+
+    def close(self):
+        FakeBackend.closed = True
+
+
+def test_a_backend_must_really_open(pi5):
+    from edgeslm.errors import GpioUnavailableError
+
+    def broken(name):
+        raise GpioUnavailableError(f"{name} says no")
+
+    context = ctx(pi5, open_gpio=broken)
+    failed = check_gpio(context)
+    assert failed.status == "fail" and "lgpio: lgpio says no; rpigpio: rpigpio says no" in failed.summary
+    context.open_gpio = lambda name: FakeBackend()
+    works = check_gpio(context)
+    assert works.status == "ok" and "lgpio (chip gpiochip4, label pinctrl-rp1) opens" in works.summary
+    assert FakeBackend.closed
+
+
+def test_a_pi_without_gpio_chips_fails_and_a_pc_only_warns(pi5, tmp_path):
+    for chip in (pi5 / "dev").glob("gpiochip*"):
+        chip.unlink()
+    assert check_gpio(ctx(pi5)).status == "fail"
+    assert check_gpio(ctx(tmp_path / "pc")).status == "warn"
+
+
+def test_audio_without_capture_and_without_sound(pi5, tmp_path):
+    write(pi5 / "proc/asound/pcm", "00-00: bcm2835 HDMI 1 : bcm2835 HDMI 1 : playback 8\n")
+    assert check_audio(ctx(pi5)).summary == "sound devices found, but none can record"
+    assert check_audio(ctx(tmp_path / "empty")).status == "warn"
+
+
+def test_power_sources_rapl_and_battery_and_none(tmp_path):
+    root = tmp_path / "laptop"  # the metrics fixtures' RAPL zones and battery gauge together
+    for fixture in ("rapl", "power_supply"):
+        shutil.copytree(ROOT / "tests/fixtures/hw" / fixture, root, dirs_exist_ok=True)
+    write(root / "proc/stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
+    finding = check_power(ctx(root))
+    assert finding.status == "ok" and finding.summary.startswith("measured by rapl") and \
+        "also found: power_supply" in finding.summary, finding
+    write(tmp_path / "pc/proc/stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
+    estimated = check_power(ctx(tmp_path / "pc"))
+    assert estimated.status == "warn" and "energy is estimated" in estimated.summary, estimated
+    assert "pmic:" in estimated.explanation and "hwmon:" in estimated.explanation  # why each meter was not used
+    assert check_power(ctx(tmp_path / "bare")).status == "warn"  # not even /proc/stat: nothing works
+    chosen = tmp_path / "pmic.toml"
+    chosen.write_text('[metrics]\npower_source = "pmic"\n')
+    assert check_power(ctx(tmp_path / "pc", chosen)).status == "fail"  # the configured source does not work here
+    chosen.write_text('[metrics]\npower_source = "none"\n')
+    assert check_power(ctx(tmp_path / "pc", chosen)).summary == 'not measured (metrics.power_source = "none")'
+
+
+def test_a_corrupt_model_fails_with_a_fix(pi5, tmp_path):
+    model = pi5 / STORE.lstrip("/") / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    finding = check_models(ctx(pi5, config_file(tmp_path)))
+    assert finding.status == "fail" and "does not match the sha256" in finding.summary
+    assert "edgeslm pull" in finding.fix
+
+
+def test_a_missing_model_and_a_bad_config(pi5, tmp_path):
+    assert check_models(ctx(pi5, config_file(tmp_path, "/nowhere"))).status == "fail"
+    bad = write(tmp_path / "bad.toml", '[server]\nsocket_mode = "rwx"\n')
+    context = Context(root=pi5, config_path=bad, user=SERVICE)
+    finding = check_config(context)
+    assert finding.status == "fail" and "exit 78" in finding.explanation
+    assert check_models(context).status == "warn" and check_socket(context).status == "warn"
+
+
+def test_memory_too_small_and_too_small_for_a_reload(pi5, tmp_path):
+    size_kb = (INTENTS / "model.onnx").stat().st_size // 1024
+    write(pi5 / "proc/meminfo", "MemAvailable:      100000 kB\n")
+    assert check_memory(ctx(pi5, config_file(tmp_path))).status == "fail"
+    write(pi5 / "proc/meminfo", f"MemAvailable: {150 * 1024 + size_kb + size_kb // 2} kB\n")
+    assert check_memory(ctx(pi5, config_file(tmp_path))).status == "warn"
+
+
+def test_socket_path_that_cannot_be_created(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    context = ctx(tmp_path, config_file(tmp_path, extra=f'\n[server]\nsocket_path = "{locked}/s/e.sock"\n'))
+    assert check_socket(context).status == "fail"
+    context.user = Identity("root", 0, frozenset({0}))
+    assert check_socket(context).status == "ok"
+
+
+def test_a_runtime_built_for_another_numpy_is_named():
+    def importer(name):
+        if name == "onnxruntime":
+            raise ImportError("numpy.core.multiarray failed to import")
+        raise ImportError(f"No module named {name!r}")
+
+    finding = check_runtimes(Context(import_module=importer))
+    assert finding.status == "fail" and "cannot run with numpy" in finding.summary and "numpy<2" in finding.fix
+
+
+def test_run_checks_only_selected_and_the_cli_exit_codes(pi5, tmp_path, capsys):
+    findings = run_checks(ctx(pi5, config_file(tmp_path)), ["gpio", "memory"])
+    assert [f.check for f in findings] == ["gpio", "memory"]
+    good = config_file(tmp_path)
+    assert main(["doctor", "--root", str(pi5), "--config", str(good), "--only", "config,models,memory"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    bad = write(tmp_path / "bad.toml", "[server]\nbogus = 1\n")
+    assert main(["doctor", "--root", str(pi5), "--config", str(bad), "--only", "config", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report[0]["status"] == "fail" and "server.bogus" in report[0]["summary"] and report[0]["fix"]
+    assert main(["doctor", "--only", "nonsense"]) == 78
+
+
+def test_identity_of_an_unknown_user_falls_back_to_the_caller():
+    me = Identity.of("no-such-user-here")
+    assert me.uid == os.geteuid()
+    assert grp.getgrgid(os.getegid()).gr_gid in me.gids
+
+
+def test_store_models_are_looked_for_where_the_service_keeps_them(pi5, tmp_path):
+    write(pi5 / "etc/systemd/system/edgeslm.service", "[Service]\nStateDirectory=edgeslm\n")
+    config = write(tmp_path / "store.toml", '[[models]]\nstore = "intents"\n')
+    found = check_models(ctx(pi5, config, env={}))
+    assert found.status == "ok" and found.summary.startswith("intents (store intents, model.onnx"), found
+    missing = write(tmp_path / "missing.toml", '[[models]]\nstore = "minilm-l6"\n')
+    finding = check_models(ctx(pi5, missing, env={}))
+    assert finding.status == "fail" and "'minilm-l6' is not pulled into the model store /var/lib/edgeslm/models" \
+        in finding.summary, finding
+    assert "edgeslm pull --store /var/lib/edgeslm/models minilm-l6" in finding.summary
