@@ -81,18 +81,23 @@ class JsonlWriter:
         """Append records (each a JSON document without its newline); False if they were dropped."""
         if not lines:
             return True
-        chunk = b"\n".join(lines) + b"\n"
+        return self.write_chunk(b"\n".join(lines) + b"\n", len(lines))
+
+    def write_chunk(self, chunk: bytes, records: int) -> bool:
+        """Append `records` whole lines, each ending in a newline; False if they were dropped."""
+        if not records:
+            return True
         try:
             if self._fd is None or (self._size and self._size + len(chunk) > self.rotate_bytes):
                 self._rotate()
             assert self._fd is not None
             self._append(chunk)
         except OSError as exc:
-            self._drop(len(lines), exc)
+            self._drop(records, exc)
             return False
         self._size += len(chunk)
         self.written_bytes += len(chunk)
-        self.written_records += len(lines)
+        self.written_records += records
         if self._failing is not None:
             log.log(logging.INFO if self._outages == 1 else logging.DEBUG,
                     "metrics records are being written again to %s (%d dropped so far)", self.folder, self.dropped)
