@@ -7,30 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslm.errors import PullError
+from edgeslm.errors import ModelLoadError, PullError
+from edgeslm.runtime import EngineOptions, open_engine
 from edgeslm.store.progress import Progress
-from edgeslm.tasks.vad import reference_signal
+from edgeslm.tasks.vad import SileroVad, reference_signal
 
 MODEL_FILE = "silero_vad_16k_op15.onnx"  # the 16 kHz-only graph (the default one also takes 8 kHz)
 SAMPLE_RATE_HZ = 16000
 CHUNK_SAMPLES = 512
 CONTEXT_SAMPLES = 64
-STATE_SHAPE = (2, 1, 128)
 REFERENCE_CHUNKS = 16
-
-
-def stream_probabilities(session, signal: np.ndarray) -> np.ndarray:
-    """Run `signal` through the model chunk by chunk, as a streaming caller must. -> [chunks] speech probability."""
-    state = np.zeros(STATE_SHAPE, np.float32)
-    context = np.zeros((1, CONTEXT_SAMPLES), np.float32)
-    sr = np.array(SAMPLE_RATE_HZ, np.int64)
-    probs = []
-    for start in range(0, len(signal) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES):
-        chunk = np.concatenate([context, signal[None, start:start + CHUNK_SAMPLES]], axis=1)
-        prob, state = session.run(["output", "stateN"], {"input": chunk, "state": state, "sr": sr})
-        context = chunk[:, -CONTEXT_SAMPLES:]
-        probs.append(float(prob.reshape(-1)[0]))
-    return np.array(probs)
 
 
 def _find(source: Path) -> Path:
@@ -42,7 +28,6 @@ def _find(source: Path) -> Path:
 
 def build(source: Path, out: Path, progress: Progress) -> None:
     """Fill `out` with model.onnx (Silero VAD, 16 kHz), LICENSE and a model.toml describing the streaming contract."""
-    import onnxruntime as ort
     import tomli_w
 
     progress.stage("copy the 16 kHz Silero VAD model", 2)
@@ -51,15 +36,18 @@ def build(source: Path, out: Path, progress: Progress) -> None:
     if licence:
         shutil.copyfile(licence[0], out / "LICENSE")
     progress.advance()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    names = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
-    if names != ({"input", "state", "sr"}, {"output", "stateN"}):
-        raise PullError(f"silero VAD's inputs/outputs changed ({names}); update the recipe")
-    silence = stream_probabilities(session, np.zeros(8 * CHUNK_SAMPLES, np.float32))
-    expected = stream_probabilities(session, reference_signal(REFERENCE_CHUNKS))
+    try:  # the runtime class the voice pipeline uses, streaming as it does
+        vad = SileroVad(open_engine(out / "model.onnx", "onnx", EngineOptions(threads=1)))
+    except ModelLoadError as exc:
+        raise PullError(f"silero VAD's inputs/outputs changed ({exc}); update the recipe") from None
+    try:
+        outputs = [spec.name for spec in vad.engine.outputs]
+        if outputs != ["output", "stateN"]:
+            raise PullError(f"silero VAD's outputs changed ({outputs}); update the recipe")
+        silence = vad.probabilities(np.zeros(8 * CHUNK_SAMPLES, np.float32))
+        expected = vad.probabilities(reference_signal(REFERENCE_CHUNKS))
+    finally:
+        vad.close()
     progress.advance()
     if silence.max() > 0.2 or expected.max() < 0.5:
         raise PullError(f"silero VAD does not tell silence ({silence.max():.2f}) from a voiced tone "

@@ -270,12 +270,6 @@ class Recorder:
                     break
                 done += 1
                 self._pending.popleft()
-                common = self._common_line(entry, batch_j)
-                if common is not None:
-                    line, joules = common
-                    energy[entry[2]] += joules
-                    lines.append(line)
-                    continue
                 record = self._request_record(entry, batch_j)
                 if "energy_j" in record:
                     energy[entry[2]] += record["energy_j"]
@@ -303,33 +297,6 @@ class Recorder:
                     self._last_write = self.clock()
             ok = self.writer.write_chunk(b"".join(lines), len(lines))
             return len(lines) if ok else 0
-
-    _COMMON = (b'{"kind":"request","ts":"%s","mono_ns":%d,"id":"%s-%d","model":"%s","task":"%s","status":"%s",'
-               b'"rows":%d,"batch":%d,"queue_ms":%a,"run_ms":%a,"total_ms":%a,"tokens_in":%d,"energy_j":%a,'
-               b'"power_source":"%s"}\n')
-
-    def _common_line(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]
-                     ) -> tuple[bytes, float] | None:
-        """The line of the most common record (one batch, our own id, tokens in, energy known), formatted
-        directly: the same JSON as _request_record gives, in a third of the time. None for any other."""
-        if entry[14] is not None or not entry[13] or entry[7] is None or entry[8] is not None or entry[15] \
-                or not isinstance(entry[9], int):
-            return None
-        wall, mono, model, task, status, rows, total_s, tokens_in, _, serial, enqueued, started, ended, \
-            batch_rows = entry[:14]
-        window = (started, ended)
-        joules = batch_j[window] if window in batch_j else batch_j.setdefault(window,
-                                                                               self.trace.energy_j(started, ended))
-        if joules is None:
-            return None
-        # model names, tasks and status codes are plain identifiers (the config and the code make sure)
-        share = int(joules * rows / batch_rows * 1e6 + 0.5) / 1e6
-        line = self._COMMON % (
-            self._stamp(wall).encode(), int(mono * 1e9), self._id_prefix.encode(), serial, model.encode(),
-            task.encode(), status.encode(), rows, batch_rows, int((started - enqueued) * 1e6 + 0.5) / 1000,
-            int((ended - started) * 1e6 + 0.5) / 1000, int(total_s * 1e6 + 0.5) / 1000, tokens_in, share,
-            self.source_name.encode())
-        return line, share
 
     def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
         wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id = entry[:10]

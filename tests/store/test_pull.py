@@ -54,19 +54,17 @@ def test_minilm_folder_has_both_formats_and_tokenizer(store: Path):
 
 
 def test_silero_vad_streams_like_its_card_says(store: Path):
-    import onnxruntime as ort
-
-    from edgeslm.convert.silero import stream_probabilities
-    from edgeslm.tasks.vad import reference_signal
+    from edgeslm.tasks.vad import SileroVad, reference_signal
 
     folder = store / "silero-vad"
     card = tomllib.loads((folder / "model.toml").read_text())
     assert card["model"]["tasks"] == ["vad"] and card["vad"]["sample_rate_hz"] == 16000
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    probs = stream_probabilities(session, reference_signal(card["vad_selfcheck"]["chunks"]))
+    vad = SileroVad.open(folder / "model.onnx")  # runs the card's self-check too
+    probs = vad.probabilities(reference_signal(card["vad_selfcheck"]["chunks"]))
     expected = np.array(card["vad_selfcheck"]["expected"])
     assert np.abs(probs - expected).max() <= card["vad_selfcheck"]["max_abs_error"]
-    silence = stream_probabilities(session, np.zeros(16 * 512, np.float32))
+    silence = vad.probabilities(np.zeros(16 * 512, np.float32))
+    vad.close()
     assert silence.max() < 0.2 and probs.max() > 0.9
     print(f"\n[proved] silero-vad from the store: silence max p={silence.max():.3f}, voiced tone max "
           f"p={probs.max():.3f}, matches the card's reference within {np.abs(probs - expected).max():.4f}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import numpy as np
-import orjson
 import pytest
 
 from edgeslm.core.batcher import Completion
@@ -210,19 +208,3 @@ def test_an_idle_daemon_writes_samples_once_a_minute(recorder, tmp_path, clock):
     assert rec.flush() == 2  # a request to write takes the samples along
     assert [r["kind"] for r in read_records(tmp_path)] == ["sample"] * 5 + ["request"]
 
-
-@pytest.mark.parametrize("rows, batch, queue_s, run_s, watts", [
-    (1, 1, 0.0, 0.0005, 3.0), (2, 8, 0.00021, 0.00102, 3.0), (1, 64, 1e-7, 2.5, 0.0004), (3, 3, 12.5, 0.0, 7.5)])
-def test_the_common_record_line_says_what_the_general_one_says(tmp_path, rows, batch, queue_s, run_s, watts):
-    trace = PowerTrace()
-    for i in range(2000):
-        trace.add(i * 0.01, watts)
-    rec = Recorder(JsonlWriter(tmp_path), trace, source_name="rapl")
-    call = rec.open("intents", "classify", rows, 7)
-    call.ran([Completion({}, None, batch, 1, 1.0, 1.0 + queue_s, 1.0 + queue_s + run_s)], [{}])
-    call.finish("ok", 0.999)
-    entry = rec._finished[0]
-    fast = rec._common_line(entry, {})
-    assert fast is not None
-    assert json.loads(fast[0]) == json.loads(orjson.dumps(rec._request_record(entry, {})))
-    assert fast[1] == json.loads(fast[0])["energy_j"]
