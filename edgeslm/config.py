@@ -105,14 +105,22 @@ class ModelConfig(Settings):
     providers: tuple[str, ...] = Field(
         ("CPUExecutionProvider",), description="onnxruntime execution providers, in order"
     )
-    spin: bool = Field(
-        False, description="let onnxruntime worker threads spin between runs (faster on idle cores, burns CPU)"
+    spin: Literal["off", "run", "always"] = Field(
+        "run",
+        description="onnxruntime worker threads: run = spin inside a run and sleep when it ends (fastest decode, "
+        "no CPU burnt at idle); always = also spin for a while after each run; off = always sleep",
     )
     selfcheck: bool = Field(True, description="run the card's reference check at load; a failing model is not served")
     verify_sha256: bool = Field(True, description="check the file against the card's sha256 at load")
     enabled: bool = Field(True, description="load this model at start-up")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @field_validator("spin", mode="before")
+    @classmethod
+    def _spin_from_bool(cls, value: Any) -> Any:
+        """Earlier configs said `spin = true / false`."""
+        return {True: "always", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="before")
     @classmethod

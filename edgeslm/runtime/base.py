@@ -33,7 +33,7 @@ class EngineOptions:
     threads: int = 0
     graph_optimization: str = "all"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    spin: bool = False
+    spin: str = "run"  # "off", "run" (spin inside a run, stop when it ends) or "always" (spin on between runs)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -146,3 +146,21 @@ def test_no_tflite_runtime_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(RuntimeMissingError, match=r"edgeslm\[tflite\]"):
         open_engine(FILES["tflite"], options=EngineOptions())
+
+
+@pytest.mark.parametrize(("spin", "allow", "stop"), [("run", "1", "1"), ("always", "1", None), ("off", "0", None)])
+def test_spin_modes_reach_the_onnxruntime_session(spin, allow, stop):
+    engine = open_engine(FILES["onnx"], "onnx", EngineOptions(threads=2, spin=spin))
+    try:
+        options = engine._session.get_session_options()
+
+        def entry(key):
+            try:
+                return options.get_session_config_entry(key)
+            except Exception:  # onnxruntime raises when the key was never set
+                return None
+
+        assert entry("session.intra_op.allow_spinning") == allow
+        assert entry("session.force_spinning_stop") == stop
+    finally:
+        engine.close()

@@ -49,6 +49,7 @@ def test_env_overrides_file(tmp_path):
         ('[[models]]\nname = "a"\npath = "x"\nruntime = "tensorrt"\n', "models[0].runtime"),
         ('[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "a"\npath = "y"\n', "used twice"),
         ('[server\n', "not valid TOML"),
+        ('[[models]]\nname = "a"\npath = "x"\nspin = "fast"\n', "models[0].spin"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, needle):
@@ -78,3 +79,11 @@ def test_settings_are_frozen():
     config = load_config(None, env={})
     with pytest.raises(ValueError):
         config.server.max_inputs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("given", "mode"),
+                         [(None, "run"), ("true", "always"), ("false", "off"), ('"always"', "always")])
+def test_spin_defaults_to_spinning_inside_runs_and_reads_old_booleans(tmp_path, given, mode):
+    line = f"spin = {given}\n" if given else ""
+    config = load_config(write(tmp_path, f'[[models]]\nname = "a"\npath = "x"\n{line}'), env={})
+    assert config.models[0].spin == mode
