@@ -6,7 +6,9 @@ Every runner uses the same ~30-token chat prompt, 128 greedy tokens (end-of-turn
 fresh process per round (runner order rotates each round), and reports prefill tok/s (prompt tokens / time to
 the first token's logits), decode tok/s (127 further tokens / their time) and the process's peak RSS:
 - llama.cpp: llama-cpp-python on the wheel's own GGUF (n_ctx 512, n_batch 512), driven token by token;
-- edgeslm in-process: the Decoder on model.onnx (prefill, then one decode step per token, argmax in numpy);
+- edgeslm in-process: the Decoder on model.onnx (prefill, then one decode step per token, argmax in numpy),
+  with the daemon's default engine options (spin = "run": onnxruntime workers spin inside a run, as llama.cpp's
+  threads do, and sleep after it);
 - edgeslm socket: `edgeslm serve` in a subprocess, /v1/completions streamed over the Unix socket (peak RSS is
   the daemon's); then 4 concurrent streams for the aggregate decode rate.
 - onnxruntime-genai (when .venv-genai exists, see bench/llm_genai_checkpoint.py): its own builder's int8 model,
