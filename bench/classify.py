@@ -8,6 +8,11 @@ closed-loop keep-alive client (bench/loadgen.py) at 1, 8 and 32 concurrent clien
 one text per request. The load generator runs on the same 2 cores as the daemon,
 as a local client on a Pi would. Printed ratios are against the bare numbers of
 this same run.
+
+With --rounds N (default 3) the bare and daemon measurements alternate N times against one
+daemon; each cell prints the median over rounds, and each ratio is the median of the
+per-round ratios (bare and daemon measured minutes apart on a shared machine disagree by more
+than the effects being measured).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,34 +95,51 @@ def start_daemon(workdir: Path, threads: int, max_delay_ms: float) -> tuple[subp
     raise SystemExit(f"daemon did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
 
 
+def _median_cells(rounds: list[dict]) -> dict:
+    """{key: {"rps", "p50_ms", "p99_ms"}} per round -> the same with each figure the median over rounds."""
+    return {key: {stat: statistics.median(r[key][stat] for r in rounds) for stat in rounds[0][key]}
+            for key in rounds[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per cell (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="bare/daemon alternations; medians are printed")
     parser.add_argument("--threads", type=int, default=0, help="engine intra-op threads, bare and daemon alike")
     parser.add_argument("--max-delay-ms", type=float, default=0.0, help="daemon batching delay")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     texts = phrases()
-    report: dict = {"threads": args.threads, "cpus": os.cpu_count(), "formats": {}}
-    bare_results = {fmt: bare(path, texts, args.threads, args.seconds / 2) for fmt, path in FORMATS.items()}
+    report: dict = {"threads": args.threads, "cpus": os.cpu_count(), "rounds": args.rounds, "formats": {}}
+    bare_rounds: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
+    daemon_rounds: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
+    floor_rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-") as tmp:
         proc, sock = start_daemon(Path(tmp), args.threads, args.max_delay_ms)
         try:
             health = [b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"]
-            floor = {n: run_load(str(sock), health, clients=n, seconds=args.seconds / 2) for n in (1, 32)}
-            daemon_results = {}
-            for fmt in FORMATS:
-                bodies = [json.dumps({"model": fmt, "input": [t]}).encode() for t in texts]
-                requests = build_requests("/v1/classify", bodies)
-                daemon_results[fmt] = {n: run_load(str(sock), requests, clients=n, seconds=args.seconds)
-                                       for n in (1, 8, 32)}
+            requests = {fmt: build_requests("/v1/classify", [json.dumps({"model": fmt, "input": [t]}).encode()
+                                                               for t in texts]) for fmt in FORMATS}
+            for r in range(args.rounds):
+                for fmt, path in FORMATS.items():
+                    bare_rounds[fmt].append(bare(path, texts, args.threads, args.seconds / 2))
+                floor_rounds.append({n: run_load(str(sock), health, clients=n, seconds=args.seconds / 2)
+                                     for n in (1, 32)})
+                for fmt in FORMATS:
+                    daemon_rounds[fmt].append({n: run_load(str(sock), requests[fmt], clients=n, seconds=args.seconds)
+                                               for n in (1, 8, 32)})
+                print(f"round {r + 1}/{args.rounds}: onnx daemon 32 clients {daemon_rounds['onnx'][-1][32]['rps']:.0f}"
+                      f" req/s, bare best {max(v['rps'] for v in bare_rounds['onnx'][-1].values()):.0f}",
+                      file=sys.stderr, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
 
+    floor = _median_cells(floor_rounds)
+    rounds_note = f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
     print(f"\nintents classifier, {os.cpu_count()} CPUs, threads={args.threads or 'default'}, "
-          f"max_delay_ms={args.max_delay_ms}, {args.seconds:g} s per cell\n")
+          f"max_delay_ms={args.max_delay_ms}, {args.seconds:g} s per cell{rounds_note}\n")
     header = f"{'format':<7} {'mode':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  ratio"
     print(header)
     print("-" * len(header))
@@ -125,22 +148,27 @@ def main() -> int:
               "(the HTTP floor: no model, no JSON body)")
     report["health"] = floor
     for fmt in FORMATS:
-        b = bare_results[fmt]
+        b = _median_cells(bare_rounds[fmt])
+        daemon = _median_cells(daemon_rounds[fmt])
         best_batch = max(b, key=lambda k: b[k]["rps"])
-        best = b[best_batch]["rps"]
         one = b[1]
         print(f"{fmt:<7} {'bare batch 1':<22} {one['rps']:>9.0f} {one['p50_ms']:>8.3f} {one['p99_ms']:>8.3f}")
-        print(f"{fmt:<7} {f'bare best (batch {best_batch})':<22} {best:>9.0f} {b[best_batch]['p50_ms']:>8.3f} "
-              f"{b[best_batch]['p99_ms']:>8.3f}")
-        for n, d in daemon_results[fmt].items():
+        print(f"{fmt:<7} {f'bare best (batch {best_batch})':<22} {b[best_batch]['rps']:>9.0f} "
+              f"{b[best_batch]['p50_ms']:>8.3f} {b[best_batch]['p99_ms']:>8.3f}")
+        ratios = {}
+        for n, d in daemon.items():
+            pairs = zip(bare_rounds[fmt], daemon_rounds[fmt])
             if n == 1:
-                ratio = f"+{d['p50_ms'] - one['p50_ms']:.3f} ms p50 vs bare batch 1"
+                ratios[n] = statistics.median(dr[1]["p50_ms"] - br[1]["p50_ms"] for br, dr in pairs)
+                ratio = f"+{ratios[n]:.3f} ms p50 vs bare batch 1"
             else:
-                ratio = f"{d['rps'] / best:.2f}x bare best"
-            errors = f" ({d['errors']} errors)" if d["errors"] else ""
+                ratios[n] = statistics.median(dr[n]["rps"] / max(v["rps"] for v in br.values()) for br, dr in pairs)
+                ratio = f"{ratios[n]:.2f}x bare best"
+            errors = sum(dr[n]["errors"] for dr in daemon_rounds[fmt])
             print(f"{fmt:<7} {f'daemon {n} clients':<22} {d['rps']:>9.0f} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f}  "
-                  f"{ratio}{errors}")
-        report["formats"][fmt] = {"bare": b, "daemon": daemon_results[fmt], "best_batch": best_batch}
+                  f"{ratio}{f' ({errors:.0f} errors)' if errors else ''}")
+        report["formats"][fmt] = {"bare": b, "daemon": daemon, "best_batch": best_batch, "ratios": ratios,
+                                  "rounds": {"bare": bare_rounds[fmt], "daemon": daemon_rounds[fmt]}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
