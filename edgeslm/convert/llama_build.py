@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,8 +10,10 @@ import numpy as np
 from edgeslm.convert import toml_text
 from edgeslm.convert.gguf_llama import GgufLlama, read_gguf
 from edgeslm.convert.gguf_tokenizer import build_tokenizer
+from edgeslm.core.scores import kl_rows, log_softmax
 from edgeslm.errors import ModelLoadError
 from edgeslm.store.progress import NullProgress, Progress
+from edgeslm.tasks.card import sha256_of
 
 FILES = {"model.onnx": "exact", "model_int8.onnx": "int8"}
 QUANTIZATION = {
@@ -63,23 +64,9 @@ def check_tokenizer(tokenizer, cases: list[tuple[str, list[int]]]) -> None:
                                  "the GGUF vocabulary is not the one this recipe knows")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
     """Mean over rows of KL(reference || other) between next-token distributions given as logits."""
-    p_log, q_log = log_softmax(reference), log_softmax(other)
-    return float((np.exp(p_log) * (p_log - q_log)).sum(axis=-1).mean())
+    return float(kl_rows(reference, other).mean())
 
 
 def _engine_logits(path: Path, ids: list[int]) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeslm.convert.reference import ReferenceLlama
+from edgeslm.core.scores import kl_rows
 
 # Fixed prompts: chat turns (rendered with the model's template) and plain text to continue.
 CHAT_PROMPTS = (
@@ -55,18 +56,12 @@ class QualityReport:
         return self.kl_sum / max(self.positions, 1)
 
     def add(self, reference: np.ndarray, other: np.ndarray) -> None:
-        p_log, q_log = _log_softmax(reference), _log_softmax(other)
-        kl = (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
+        kl = kl_rows(reference, other)
         agree = int(np.sum(reference.argmax(-1) == other.argmax(-1)))
         self.positions += len(kl)
         self.top1_agree += agree
         self.kl_sum += float(kl.sum())
         self.per_prompt.append((len(kl), agree / len(kl), float(kl.mean())))
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def prompt_ids(tokenizer, render_chat) -> list[list[int]]:

@@ -13,6 +13,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64 (differences of near-equal logits survive). [..., K]."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kl_rows(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """KL(reference || other) of each row's next-token distribution, both given as logits. [n, V] -> [n]."""
+    p_log, q_log = log_softmax(reference), log_softmax(other)
+    return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest scores per row, best first. [n, K] -> ([n, k], [n, k])."""
     k = min(k, scores.shape[-1])

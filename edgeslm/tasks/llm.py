@@ -11,22 +11,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edgeslm.config import ModelConfig
+from edgeslm.core.scores import log_softmax
 from edgeslm.errors import BadInputError, ModelLoadError, SelfCheckError
 from edgeslm.runtime import Engine, EngineOptions, open_engine
 from edgeslm.tasks.card import ModelCard, locate_model, sha256_of
 from edgeslm.tasks.chat import CardGenerate, ChatTemplate
 from edgeslm.tasks.decoder import Decoder
 from edgeslm.tasks.generate import Generator
-
-
-def _normalizers(logits: np.ndarray) -> np.ndarray:
-    """log(sum(exp(row))) of each row of float32 [n, V], one row at a time: whole-array float64 temporaries
-    of a 49k vocabulary would add tens of MB to the daemon's peak memory at load."""
-    out = np.empty(len(logits), np.float64)
-    for i, row in enumerate(logits):
-        top = float(row.max())
-        out[i] = top + np.log(np.exp(row - top, dtype=np.float32).sum(dtype=np.float64))
-    return out
 
 
 class GenerativeModel:
@@ -94,7 +85,8 @@ class GenerativeModel:
         top_ids = np.array(check.top_ids[: len(ids)], dtype=np.int64)
         expected = np.array(check.top_logprobs[: len(ids)], dtype=np.float64)
         top1 = float(np.mean(logits.argmax(-1) == top_ids[:, 0]))
-        picked = np.take_along_axis(logits, top_ids, axis=-1).astype(np.float64) - _normalizers(logits)[:, None]
+        # A row at a time: float64 copies of the whole [n, 49k] array would add tens of MB to the peak at load.
+        picked = np.stack([log_softmax(row)[ids] for row, ids in zip(logits, top_ids)])
         error = np.abs(picked - expected)
         passed = top1 >= check.min_top1 and float(error.mean()) <= check.max_logprob_error
         self.selfcheck = {"top1_agreement": round(top1, 4), "mean_logprob_error": round(float(error.mean()), 5),
