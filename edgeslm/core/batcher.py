@@ -145,7 +145,8 @@ class DynamicBatcher:
             finally:
                 with self._cond:
                     self._running = False
-                    self._cond.notify()
+                    if self._queue or self._stopping:  # the worker waits on these; waking it for nothing costs the GIL
+                        self._cond.notify()
         return ticket
 
     def _retry_after_s(self) -> int:
@@ -270,7 +271,8 @@ class DynamicBatcher:
         finished = self._clock()
         self.batches_run += 1
         self._batch_s = 0.8 * self._batch_s + 0.2 * (finished - started) if self._batch_s else finished - started
-        for ticket, piece in zip(live, split_rows(outputs, [t.rows for t in live])):
+        pieces = [outputs] if len(live) == 1 else split_rows(outputs, [t.rows for t in live])
+        for ticket, piece in zip(live, pieces):
             self._deliver(ticket, piece, None, rows, len(live), started, finished)
 
     def _deliver(self, ticket: Ticket, outputs: dict[str, np.ndarray] | None, error: BaseException | None,

@@ -25,17 +25,21 @@ def kl_rows(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest scores per row, best first. [n, K] -> ([n, k], [n, k])."""
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores per row, best first (ties: lower index first). [n, K] -> [n, k]."""
     k = min(k, scores.shape[-1])
     if scores.shape[-1] > 1024:
         # Wide rows (vocabularies): partition first, then sort only the k winners.
         part = np.argpartition(scores, -k, axis=-1)[:, -k:]
         rows = np.arange(scores.shape[0])[:, None]
-        order = part[rows, np.argsort(-scores[rows, part], axis=-1, kind="stable")]
-    else:
-        order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-    return order, scores[np.arange(scores.shape[0])[:, None], order]
+        return part[rows, np.argsort(-scores[rows, part], axis=-1, kind="stable")]
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest scores per row, best first. [n, K] -> ([n, k], [n, k])."""
+    order = top_k_indices(scores, k)
+    return order, np.take_along_axis(scores, order, axis=-1)
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgeslm.errors import ConfigError
-from edgeslm.server.bridge import error_response
+from edgeslm.server.bridge import TASKS_SCOPE_KEY, error_response
 
 log = logging.getLogger(__name__)
 PEER_SCOPE_KEY = "edgeslm.peer"  # where handlers find the Peer in the ASGI scope
@@ -107,8 +107,9 @@ class AccessPolicy:
             return False  # cannot tell who it is, and someone asked us to care
         return self.is_admin(peer) or peer.uid in self.allow_uids or bool(peer.groups & self.allow_gids)
 
-    def admit(self, app: Any, sock: Any) -> Any:
-        """The ASGI app this connection gets: the real one with its Peer in the scope, or a 403."""
+    def admit(self, app: Any, sock: Any, tasks: set | None = None) -> Any:
+        """The ASGI app this connection gets: the real one with its Peer (and the server's request tasks)
+        in the scope, or a 403."""
         peer = peer_of(sock)
         who = peer.describe() if peer else "an unknown peer (no SO_PEERCRED)"
         if not self.allows(peer):
@@ -116,17 +117,19 @@ class AccessPolicy:
             return _Forbidden(who)
         if self.log_connections:
             log.info("connection from %s", who)
-        return _WithPeer(app, peer)
+        return _WithPeer(app, peer, tasks)
 
 
 class _WithPeer:
-    __slots__ = ("app", "peer")
+    __slots__ = ("app", "peer", "tasks")
 
-    def __init__(self, app: Any, peer: Peer | None):
-        self.app, self.peer = app, peer
+    def __init__(self, app: Any, peer: Peer | None, tasks: set | None):
+        self.app, self.peer, self.tasks = app, peer, tasks
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         scope[PEER_SCOPE_KEY] = self.peer
+        if self.tasks is not None:
+            scope[TASKS_SCOPE_KEY] = self.tasks
         await self.app(scope, receive, send)
 
 
@@ -152,7 +155,7 @@ def protocol_class(policy: AccessPolicy) -> type[HttpToolsProtocol]:
     class PeerCheckedProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.app = policy.admit(self.app, transport.get_extra_info("socket"))
+            self.app = policy.admit(self.app, transport.get_extra_info("socket"), self.tasks)
 
     return PeerCheckedProtocol
 

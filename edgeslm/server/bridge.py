@@ -38,6 +38,7 @@ from edgeslm.tasks.served import ServedModel
 log = logging.getLogger(__name__)
 JSON = "application/json"
 CALL_KEY = "edgeslm.call"  # scope key of the request's RequestCall (edgeslm.metrics.recorder)
+TASKS_SCOPE_KEY = "edgeslm.tasks"  # uvicorn's set of the server's request tasks (put there by server.access)
 _M = TypeVar("_M", bound=BaseModel)
 
 # Most specific first; HTTP status lives only here.
@@ -109,13 +110,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
+    # ASGI messages read directly: Starlette's request.stream() generator costs more than a small body.
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise CancelledError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"body is over {limit} bytes (server.max_body_bytes); send less per request")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\])$")
@@ -223,8 +233,10 @@ class ModelCaller:
         self._loop_thread = threading.get_ident()
         self.active += 1
         try:
-            if self.active == 1:
-                await asyncio.sleep(0)  # let requests that arrived together reach this point too
+            if self.active == 1 and len(request.scope.get(TASKS_SCOPE_KEY, ())) != 1:
+                # Let requests that arrived together reach this point too. When the server's only task is
+                # this one, none did: their tasks are made as their bytes are read, before any task runs.
+                await asyncio.sleep(0)
             alone = self.active == 1
             chunks = model.chunks(feeds)
             futures: list[asyncio.Future] = []

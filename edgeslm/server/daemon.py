@@ -193,6 +193,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                 inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
                 log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
                 server_header=False, date_header=False, log_config=None,
+                proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
             )
             status = functools.partial(status_text, registry)
             bus = edge.bus

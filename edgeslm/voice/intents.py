@@ -42,7 +42,7 @@ class ClassifierIntents:
         if model.classify is None:
             raise ConfigError(f"voice.intent_model {model_name!r} does not classify; choose a classifier or set "
                               "voice.intent_method = \"similarity\"")
-        labels = set(model.classify.labels.tolist())
+        labels = set(model.classify.labels)
         for i, name in enumerate(self.names):
             if name not in labels:
                 raise ConfigError(f"voice.intents[{i}].name {name!r} is not a label of model {model_name!r} "

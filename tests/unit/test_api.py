@@ -208,3 +208,62 @@ def test_openapi_lists_the_endpoints_and_schemas(served):
     assert "ClassifyRequest" in doc["components"]["schemas"]
     ref = doc["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/ClassifyRequest")
+
+
+def test_fast_routes_keep_the_full_stack_for_other_methods(served):
+    registry, _ = served
+    app = build_app(registry, Config(models=[]))
+    assert set(app.fast) == {("GET", "/health"), ("POST", "/v1/classify"), ("POST", "/v1/embeddings")}
+    assert call(registry, "HEAD", "/health").status_code == 200
+    r = call(registry, "POST", "/health")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = call(registry, "POST", "/v1/classify", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_a_client_gone_while_sending_its_body_is_a_cancel_not_a_bug(served, caplog):
+    registry, _ = served
+    app = build_app(registry, Config(models=[]))
+    sent: list[dict] = []
+    messages = iter([{"type": "http.request", "body": b'{"input": ', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": [], "query_string": b"",
+             "http_version": "1.1", "scheme": "http", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert b'"cancelled"' in sent[1]["body"]
+    assert "bug" not in caplog.text
+
+
+def test_a_request_alone_on_the_server_runs_inline_and_requests_together_go_to_the_worker(served):
+    from edgeslm.server.bridge import TASKS_SCOPE_KEY, ModelCaller
+
+    registry, _ = served
+    model = registry.models["fake"]
+    caller = ModelCaller()
+    feeds = model.classify.prepare(["turn on the light"]).feeds
+
+    class Request:
+        def __init__(self, tasks):
+            self.scope = {"headers": [], TASKS_SCOPE_KEY: tasks}
+            self.receive = None
+
+    async def go():
+        await caller.run(model, feeds, Request({1}), timeout_s=5)  # the worker runs the first batch
+        inline_before = model.batcher.inline_runs
+        await caller.run(model, feeds, Request({1}), timeout_s=5)
+        inline_after_alone = model.batcher.inline_runs
+        together = {1, 2}  # two request tasks on the server: the first yields once and sees the second
+        await asyncio.gather(caller.run(model, feeds, Request(together), timeout_s=5),
+                             caller.run(model, feeds, Request(together), timeout_s=5))
+        return inline_before, inline_after_alone, model.batcher.inline_runs
+
+    inline_before, inline_after_alone, inline_after_together = asyncio.run(go())
+    assert inline_after_alone == inline_before + 1
+    assert inline_after_together == inline_after_alone  # neither ran inline: they went to the batch worker
