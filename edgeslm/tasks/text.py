@@ -71,8 +71,11 @@ class TextEncoder:
         """Encode texts; too-long ones are cut to `max_len` and flagged, or refused when truncate is False."""
         # The fast batch call skips character offsets, which nothing here reads: 14 us against 22 us for
         # one short text.
+        # One text: `encode` keeps the GIL, where a batch call lets it go and the batch worker, waiting for
+        # it, takes it: two thread switches per request, a fifth of the throughput at 32 clients (measured).
+        # Several: the batch call without character offsets (nothing here reads them), 10 us a text.
         encodings = (
-            [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(list(texts))
+            [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch_fast(list(texts))
         )
         rows = []
         flags = []
