@@ -5,7 +5,8 @@ Run: make bench   (or: .venv/bin/python bench/classify.py --seconds 5)
 Bare = tokenise + engine.run in this process, no HTTP, no batcher: batch 1, then the
 best of several batch sizes. Daemon = `edgeslm serve` in a subprocess, driven by a
 closed-loop keep-alive client (bench/loadgen.py) at 1, 8 and 32 concurrent clients,
-one text per request. The load generator runs on the same 2 cores as the daemon,
+one text per request; then 8 clients sending 16 texts a request (that row counts texts
+per second). The load generator runs on the same 2 cores as the daemon,
 as a local client on a Pi would. Printed ratios are against the bare numbers of
 this same run.
 
@@ -38,6 +39,7 @@ from edgeslm.config import ModelConfig  # noqa: E402
 from edgeslm.tasks.served import ServedModel  # noqa: E402
 
 INTENTS = ROOT / "models" / "intents"
+MULTI = 16  # texts per request in the "8 x 16 texts" row (its req/s column counts texts)
 FORMATS = {"onnx": INTENTS / "model.onnx", "tflite": INTENTS / "model.tflite"}
 
 
@@ -121,14 +123,20 @@ def main() -> int:
             health = [b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"]
             requests = {fmt: build_requests("/v1/classify", [json.dumps({"model": fmt, "input": [t]}).encode()
                                                                for t in texts]) for fmt in FORMATS}
+            # The same texts, MULTI to a request: what a client that batches its own texts gets.
+            multi = {fmt: build_requests("/v1/classify", [
+                json.dumps({"model": fmt, "input": [texts[(i + j) % len(texts)] for j in range(MULTI)]}).encode()
+                for i in range(len(texts))]) for fmt in FORMATS}
             for r in range(args.rounds):
                 for fmt, path in FORMATS.items():
                     bare_rounds[fmt].append(bare(path, texts, args.threads, args.seconds / 2))
                 floor_rounds.append({n: run_load(str(sock), health, clients=n, seconds=args.seconds / 2)
                                      for n in (1, 32)})
                 for fmt in FORMATS:
-                    daemon_rounds[fmt].append({n: run_load(str(sock), requests[fmt], clients=n, seconds=args.seconds)
-                                               for n in (1, 8, 32)})
+                    cells = {n: run_load(str(sock), requests[fmt], clients=n, seconds=args.seconds) for n in (1, 8, 32)}
+                    texts_load = run_load(str(sock), multi[fmt], clients=8, seconds=args.seconds)
+                    cells["8x"] = {**texts_load, "rps": texts_load["rps"] * MULTI}  # texts/s
+                    daemon_rounds[fmt].append(cells)
                 print(f"round {r + 1}/{args.rounds}: onnx daemon 32 clients {daemon_rounds['onnx'][-1][32]['rps']:.0f}"
                       f" req/s, bare best {max(v['rps'] for v in bare_rounds['onnx'][-1].values()):.0f}",
                       file=sys.stderr, flush=True)
@@ -165,7 +173,8 @@ def main() -> int:
                 ratios[n] = statistics.median(dr[n]["rps"] / max(v["rps"] for v in br.values()) for br, dr in pairs)
                 ratio = f"{ratios[n]:.2f}x bare best"
             errors = sum(dr[n]["errors"] for dr in daemon_rounds[fmt])
-            print(f"{fmt:<7} {f'daemon {n} clients':<22} {d['rps']:>9.0f} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f}  "
+            mode = f"daemon 8 x {MULTI} texts" if n == "8x" else f"daemon {n} clients"
+            print(f"{fmt:<7} {mode:<22} {d['rps']:>9.0f} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f}  "
                   f"{ratio}{f' ({errors:.0f} errors)' if errors else ''}")
         report["formats"][fmt] = {"bare": b, "daemon": daemon, "best_batch": best_batch, "ratios": ratios,
                                   "rounds": {"bare": bare_rounds[fmt], "daemon": daemon_rounds[fmt]}}
