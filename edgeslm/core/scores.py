@@ -36,11 +36,6 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest scores per row, best first. [n, K] -> ([n, k], [n, k])."""
-    order = top_k_indices(scores, k)
-    return order, np.take_along_axis(scores, order, axis=-1)
-
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean of token vectors over positions where mask is 1. [n, L, H], [n, L] -> [n, H] float32."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, top_k
+from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, top_k_indices
 from edgeslm.core.tensors import pad_rows, pad_stack, split_rows
 
 CORE = Path(__file__).resolve().parents[2] / "edgeslm" / "core"
@@ -39,10 +39,12 @@ def test_softmax_is_stable_and_sums_to_one():
 
 
 def test_top_k_orders_best_first():
-    idx, val = top_k(np.array([[0.1, 0.5, 0.2, 0.2]]), 2)
-    assert idx.tolist() == [[1, 2]] and val.tolist() == [[0.5, 0.2]]
-    idx, _ = top_k(np.array([[0.1, 0.5]]), 5)
-    assert idx.tolist() == [[1, 0]]
+    assert top_k_indices(np.array([[0.1, 0.5, 0.2, 0.2]]), 2).tolist() == [[1, 2]]  # ties: lower index first
+    assert top_k_indices(np.array([[0.1, 0.5]]), 5).tolist() == [[1, 0]]
+    wide = np.zeros((2, 5000))
+    wide[0, [7, 4000, 12]] = [3.0, 2.0, 1.0]
+    wide[1, 4999] = 1.0
+    assert top_k_indices(wide, 3).tolist()[0] == [7, 4000, 12] and top_k_indices(wide, 1).tolist()[1] == [4999]
 
 
 def test_mean_pool_ignores_padding_and_normalize_gives_unit_rows():
