@@ -155,7 +155,9 @@ def protocol_class(policy: AccessPolicy) -> type[HttpToolsProtocol]:
     class PeerCheckedProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.app = policy.admit(self.app, transport.get_extra_info("socket"), self.tasks)
+            # uvicorn's set of request tasks (an internal; without it requests just take the cautious path)
+            tasks = getattr(self, "tasks", None)
+            self.app = policy.admit(self.app, transport.get_extra_info("socket"), tasks)
 
     return PeerCheckedProtocol
 
