@@ -271,8 +271,7 @@ class DynamicBatcher:
         finished = self._clock()
         self.batches_run += 1
         self._batch_s = 0.8 * self._batch_s + 0.2 * (finished - started) if self._batch_s else finished - started
-        pieces = [outputs] if len(live) == 1 else split_rows(outputs, [t.rows for t in live])
-        for ticket, piece in zip(live, pieces):
+        for ticket, piece in zip(live, split_rows(outputs, [t.rows for t in live])):
             self._deliver(ticket, piece, None, rows, len(live), started, finished)
 
     def _deliver(self, ticket: Ticket, outputs: dict[str, np.ndarray] | None, error: BaseException | None,

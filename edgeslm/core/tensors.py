@@ -38,7 +38,11 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, dtype: np.dtype) -> 
 
 
 def split_rows(outputs: dict[str, np.ndarray], counts: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Cut every output along axis 0 into consecutive pieces of `counts` rows (views, no copies)."""
+    """Cut every output along axis 0 into consecutive pieces of `counts` rows (views, no copies).
+
+    A single piece is `outputs` itself: a request that ran alone needs no slicing."""
+    if len(counts) == 1:
+        return [outputs]
     pieces = []
     start = 0
     for n in counts:

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class EngineOptions:
     threads: int = 0
     graph_optimization: str = "all"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    spin: str = "run"  # "off", "run" (spin inside a run, stop when it ends) or "always" (spin on between runs)
+    spin: Literal["off", "run", "always"] = "run"  # run: spin inside a run, stop when it ends; always: spin on after
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

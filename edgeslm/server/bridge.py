@@ -120,12 +120,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"body is over {limit} bytes (server.max_body_bytes); send less per request")
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk
-            chunks.append(chunk)
-            return b"".join(chunks)
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)  # one chunk (the usual case) is returned as it is, not copied
 
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\])$")
