@@ -2,12 +2,14 @@
 
 Run: make bench-metrics   (or: .venv/bin/python bench/metrics.py --rounds 5 --seconds 5 --bytes-seconds 60)
 
-overhead: two daemons serve the bundled intents model (ONNX), one with [metrics] on (the
-defaults: records, a 1 Hz power sampler, a 5 s flush), one with metrics off. bench/loadgen.py
-drives each with 32 closed-loop keep-alive clients, one text per request, in ABBA order for
-`--rounds` rounds; the ratio of the medians (on / off) is the cost of recording. The whole
-comparison runs twice, each daemon started first once, and the two ratios are averaged
-(geometric mean): the daemon started first was measured slower on this VM either way.
+overhead: a daemon with [metrics] on (the defaults: records, a 1 Hz power sampler, a 5 s flush)
+and one with metrics off serve the bundled intents model (ONNX). bench/loadgen.py drives each
+with 32 closed-loop keep-alive clients, one text per request. Every round starts a fresh pair
+(which one starts first, and which is measured first, alternate): on this VM a daemon process
+keeps a speed of its own, +-5% against an identical one, so a pair kept for the whole run
+biases every round the same way. The cost of recording is the median of the per-round
+ratios (on / off). `--control` runs the same schedule with both daemons off: the spread of its
+ratios is the method's own noise.
 
 bytes: a metrics-on daemon with default settings, left idle for --bytes-seconds, then driven
 by one client at 10 requests/s for --bytes-seconds; the bytes its record files grew by
@@ -67,38 +69,40 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, on_first: bool = True) -> dict:
+def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, control: bool = False) -> dict:
+    """`rounds` fresh on/off pairs (off/off with `control`), each measured once; per-round ratios."""
     bodies = [json.dumps({"model": "intents", "input": [t]}).encode() for t in texts()]
     requests = build_requests("/v1/classify", bodies)
-    if on_first:
-        on, on_sock, _ = start_daemon(workdir, "on", True)
-        off, off_sock, _ = start_daemon(workdir, "off", False)
-    else:
-        off, off_sock, _ = start_daemon(workdir, "off", False)
-        on, on_sock, _ = start_daemon(workdir, "on", True)
     results: dict[str, list[dict]] = {"on": [], "off": []}
-    try:
-        for i in range(rounds):
-            order = (("on", on_sock), ("off", off_sock)) if i % 2 == 0 else (("off", off_sock), ("on", on_sock))
-            for name, sock in order:
-                pid = (on if name == "on" else off).pid
+    ratios = []
+    for i in range(rounds):
+        daemons = {}
+        try:
+            for name in (("on", "off") if i % 2 == 0 else ("off", "on")):  # start order alternates
+                proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control)
+                daemons[name] = (proc, sock)
+            for name in (("on", "off") if i % 4 in (0, 3) else ("off", "on")):  # measuring order: ABBA
+                proc, sock = daemons[name]
                 run_load(str(sock), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
-                cpu0 = cpu_seconds(pid)
+                cpu0 = cpu_seconds(proc.pid)
                 run = run_load(str(sock), requests, clients=clients, seconds=seconds, warmup_s=0)
                 # CPU the daemon used per request: steadier than req/s on a machine shared with other work.
-                run["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(1, run["requests"])
+                run["cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, run["requests"])
                 results[name].append(run)
-                print(f"  round {i + 1} {name:<3} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
-                      f"daemon CPU {run['cpu_us_per_request']:6.1f} us/request", flush=True)
-    finally:
-        stop(on)
-        stop(off)
-    med = {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+        finally:
+            for proc, _ in daemons.values():
+                stop(proc)
+        ratios.append(results["on"][-1]["rps"] / results["off"][-1]["rps"])
+        label = "off'" if control else "on"
+        print(f"  round {i + 1:>2}: {label} {results['on'][-1]['rps']:6.0f} req/s, off {results['off'][-1]['rps']:6.0f}"
+              f" req/s, ratio {ratios[-1]:.3f}; daemon CPU {results['on'][-1]['cpu_us_per_request']:5.1f} vs "
+              f"{results['off'][-1]['cpu_us_per_request']:5.1f} us/request", flush=True)
     cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in results.items()}
-    pair_ratios = [a["rps"] / b["rps"] for a, b in zip(results["on"], results["off"])]
-    return {"clients": clients, "rounds": rounds, "seconds": seconds, "median_rps": med,
-            "ratio_of_medians": med["on"] / med["off"], "median_pair_ratio": statistics.median(pair_ratios),
-            "median_cpu_us_per_request": cpu, "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"clients": clients, "rounds": rounds, "seconds": seconds, "control": control,
+            "median_ratio": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]],
+            "range": [min(ratios), max(ratios)], "median_cpu_us_per_request": cpu,
+            "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,8 +112,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def recording_cost(workdir: Path, n: int = 20000, repeats: int = 5) -> dict:
-    """CPU microseconds per request that recording adds, in-process: the request path (open, ran, finish on
-    the event loop) and the flush thread (count, build, serialise, write). Medians of `repeats`."""
+    """CPU microseconds per request that recording adds, in-process: the request path (open, ran, finish) and
+    the rest (count, build, serialise, write). Medians of `repeats`."""
     from edgeslm.core.batcher import Completion
     from edgeslm.metrics.energy import PowerTrace
     from edgeslm.metrics.files import JsonlWriter
@@ -178,7 +182,9 @@ def bytes_per_hour(workdir: Path, seconds: float, rate: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="ABBA rounds of on/off (default 5)")
+    parser.add_argument("--rounds", type=int, default=8, help="fresh on/off daemon pairs (default 8)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run the schedule with both daemons off, to show the method's noise")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per run (default 5)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
@@ -188,28 +194,21 @@ def main() -> int:
     report: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-metrics-") as tmp:
         if args.only != "bytes":
-            print(f"metrics on vs off, {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s each")
-            # On this VM the daemon started first was measured ~4% slower whatever its settings, so the
-            # run is made twice, once in each start order; the geometric mean of the two ratios cancels it.
-            passes = []
-            for on_first in (True, False):
-                print(f" started first: metrics {'on' if on_first else 'off'}")
-                o = overhead(Path(tmp), args.rounds, args.seconds, args.clients, on_first=on_first)
-                passes.append(o)
-                print(f"  median req/s: on {o['median_rps']['on']:.0f}, off {o['median_rps']['off']:.0f}; "
-                      f"ratio on/off {o['ratio_of_medians']:.3f} (median of per-round ratios "
-                      f"{o['median_pair_ratio']:.3f})")
-                print(f"  median daemon CPU per request: on {o['median_cpu_us_per_request']['on']:.1f} us, off "
-                      f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows, on/off "
+            passes = [("overhead", False)] + ([("control", True)] if args.control else [])
+            for key, control in passes:
+                what = "both metrics off (control)" if control else "metrics on vs off"
+                print(f"{what}, {args.clients} clients, {args.rounds} fresh pairs x {args.seconds:g} s each")
+                o = overhead(Path(tmp), args.rounds, args.seconds, args.clients, control=control)
+                report[key] = o
+                print(f"  median of per-round ratios {o['median_ratio']:.3f} (quartiles {o['quartiles'][0]:.3f}-"
+                      f"{o['quartiles'][1]:.3f}, range {o['range'][0]:.3f}-{o['range'][1]:.3f})"
+                      + ("" if control else " (target >= 0.97)"))
+                print(f"  median daemon CPU per request: {o['median_cpu_us_per_request']['on']:.1f} vs "
+                      f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows "
                       f"{o['cpu_ratio']:.3f}")
-            ratio = (passes[0]["ratio_of_medians"] * passes[1]["ratio_of_medians"]) ** 0.5
-            cpu_ratio = (passes[0]["cpu_ratio"] * passes[1]["cpu_ratio"]) ** 0.5
-            report["overhead"] = {"passes": passes, "ratio": ratio, "cpu_ratio": cpu_ratio}
-            print(f"\nthroughput on/off, both start orders: {ratio:.3f} (target >= 0.97); by daemon CPU per "
-                  f"request: {cpu_ratio:.3f}")
             report["recording_cost"] = c = recording_cost(Path(tmp))
             print(f"recording in-process: {c['request_path_us']:.2f} us CPU on the request path + "
-                  f"{c['flush_us']:.2f} us in the flush thread per request")
+                  f"{c['flush_us']:.2f} us counting, energy and JSON per request (on the event loop, in slices)")
         if args.only != "overhead":
             print(f"\nbytes written: idle, then 10 req/s, {args.bytes_seconds:g} s each (default [metrics])")
             report["bytes"] = b = bytes_per_hour(Path(tmp), args.bytes_seconds, 10.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslm.core.scores import softmax, top_k_indices
+from edgeslm.core.scores import softmax, softmax_top_k_row, top_k_indices
 from edgeslm.errors import ModelLoadError
 from edgeslm.runtime.base import TensorSpec
 from edgeslm.tasks.text import Encoded, TextEncoder
@@ -21,6 +21,9 @@ def read_labels(path: Path) -> list[str]:
     if not labels:
         raise ModelLoadError(f"labels file {path} is empty; put one label per line")
     return labels
+
+
+SMALL_ROW = 256  # classes up to which a one-text answer is computed in Python floats rather than numpy
 
 
 class ClassifyTask:
@@ -42,13 +45,17 @@ class ClassifyTask:
 
     def answer(self, encoded: Encoded, outputs: Mapping[str, np.ndarray], k: int = 3) -> list[dict]:
         """One dict per text: best label and score, the top-k list, and whether the text was truncated."""
-        probs = softmax(outputs[self.output])
-        order = top_k_indices(probs, k).tolist()
-        # A few scores per row: Python floats picked from the rows cost less than numpy indexing on a
-        # one-text request, and round in float64 (float32 rounding shows as 0.19898800551891327).
+        logits = outputs[self.output]
+        if len(logits) == 1 and logits.shape[-1] <= SMALL_ROW:  # one text (a voice command): Python floats
+            probs, best = softmax_top_k_row(logits[0].tolist(), k)
+            rows, order = [probs], [best]
+        else:
+            scores = softmax(logits.astype(np.float64))  # float64, as the one-text path: the same scores
+            rows, order = scores.tolist(), top_k_indices(scores, k).tolist()
+        # Scores are Python floats rounded in float64 (float32 rounding shows as 0.19898800551891327).
         labels, truncated = self.labels, encoded.truncated.tolist()
         results = []
-        for i, (row, best) in enumerate(zip(probs.tolist(), order)):
+        for i, (row, best) in enumerate(zip(rows, order)):
             top = [{"label": labels[j], "score": round(row[j], 6)} for j in best]
             results.append({"index": i, "label": top[0]["label"], "score": top[0]["score"], "top": top,
                             "truncated": truncated[i]})

@@ -89,6 +89,20 @@ def test_padding_does_not_change_a_row(models, name):
     np.testing.assert_allclose(a, b, atol=1e-3)
 
 
+def test_a_text_answered_alone_or_in_a_batch_gets_the_same_scores(models):
+    # One text takes the Python-float path, several the numpy one: on the same logits they must agree.
+    model = models["onnx"]
+    phrases = tomllib.loads((INTENTS / "phrases.toml").read_text())["intents"]
+    texts = [p for intent in phrases.values() for p in intent["heldout"]]
+    encoded = model.classify.prepare(texts)
+    logits = model.engine.run(encoded.feeds)["logits"]
+    classes = logits.shape[-1]
+    together = model.classify.answer(encoded, {"logits": logits}, classes)  # every score of every text
+    for i, text in enumerate(texts):
+        alone = model.classify.answer(model.classify.prepare([text]), {"logits": logits[i:i + 1]}, classes)[0]
+        assert {**alone, "index": i} == together[i], text
+
+
 def test_formats_agree_on_every_heldout_phrase(models):
     data = tomllib.loads((INTENTS / "phrases.toml").read_text())
     texts, truth = [], []

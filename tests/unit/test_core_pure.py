@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, top_k_indices
+from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, softmax_top_k_row, top_k_indices
 from edgeslm.core.tensors import pad_rows, pad_stack, split_rows
 
 CORE = Path(__file__).resolve().parents[2] / "edgeslm" / "core"
@@ -45,6 +45,19 @@ def test_top_k_orders_best_first():
     wide[0, [7, 4000, 12]] = [3.0, 2.0, 1.0]
     wide[1, 4999] = 1.0
     assert top_k_indices(wide, 3).tolist()[0] == [7, 4000, 12] and top_k_indices(wide, 1).tolist()[1] == [4999]
+
+
+def test_one_row_in_python_floats_agrees_with_the_numpy_path():
+    rng = np.random.default_rng(7)
+    rows = [rng.normal(0, 4, 21) for _ in range(200)]
+    rows += [np.array([1000.0, 1001.0, 999.0]), np.array([0.5, 2.0, 2.0, 0.5, 2.0]), np.array([-3.0])]
+    for row in rows:
+        probs, best = softmax_top_k_row(row.tolist(), 3)
+        expected = softmax(row[None, :].astype(np.float64))
+        np.testing.assert_allclose(probs, expected[0], rtol=1e-12, atol=1e-15)
+        assert best == top_k_indices(expected, 3).tolist()[0]
+    assert softmax_top_k_row([0.5, 2.0, 2.0, 0.5, 2.0], 4)[1] == [1, 2, 4, 0]  # ties: lower index first
+    assert softmax(np.zeros((1, 3))).dtype == np.float64 and softmax(np.zeros((1, 3), np.float32)).dtype == np.float32
 
 
 def test_mean_pool_ignores_padding_and_normalize_gives_unit_rows():
