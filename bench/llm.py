@@ -4,7 +4,8 @@ Run: make bench-llm   (or: .venv-bench/bin/python bench/llm.py --rounds 5)
 
 Every runner uses the same ~30-token chat prompt, 128 greedy tokens (end-of-turn ignored) and 2 threads, in a
 fresh process per round (runner order rotates each round), and reports prefill tok/s (prompt tokens / time to
-the first token's logits), decode tok/s (127 further tokens / their time) and the process's peak RSS:
+the first token's logits; after a warm-up, the median of 5), decode tok/s (127 further tokens / their time)
+and the process's peak RSS:
 - llama.cpp: llama-cpp-python on the wheel's own GGUF (n_ctx 512, n_batch 512), driven token by token;
 - edgeslm in-process: the Decoder on model.onnx (prefill, then one decode step per token, argmax in numpy),
   with the daemon's default engine options (spin = "run": onnxruntime workers spin inside a run, as llama.cpp's
@@ -13,7 +14,7 @@ the first token's logits), decode tok/s (127 further tokens / their time) and th
   the daemon's); then 4 concurrent streams for the aggregate decode rate.
 - onnxruntime-genai (when .venv-genai exists, see bench/llm_genai_checkpoint.py): its own builder's int8 model,
   built from the GGUF's dequantized weights (the builder cannot read quantized GGUF and the original checkpoint
-  cannot be downloaded here); end-of-turn suppressed with min_length.
+  cannot be downloaded here); end-of-turn suppressed with min_length; its prefill is timed once.
 KL figures: each runner's logits teacher-forced on edgeslm's
 greedy sequence, against the fp32 numpy reference. The machine may be shared: treat the numbers as provisional.
 """
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 PROMPT = ("<|im_start|>user\nWrite a long, detailed story about a small robot who learns to paint "
           "landscapes in the mountains near its home.<|im_end|>\n<|im_start|>assistant\n")  # 31 tokens
 NEW_TOKENS = 128
+PREFILL_REPEATS = 5  # prefill is timed this many times after a warm-up; the median is reported
 THREADS = 2
 CONTEXT = 512
 
@@ -55,10 +57,14 @@ def run_llama(gguf: Path) -> dict:
     llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS,
                 verbose=False)
     ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(ids)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    llm.eval(ids)  # warm-up (the first eval faults the mapped weights in and sizes its buffers)
+    prefill = []
+    for _ in range(PREFILL_REPEATS):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        prefill.append(time.perf_counter() - t0)
     t1 = time.perf_counter()
     out = [token]
     for _ in range(NEW_TOKENS - 1):
@@ -66,7 +72,7 @@ def run_llama(gguf: Path) -> dict:
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         out.append(token)
     t2 = time.perf_counter()
-    return {"prompt_tokens": len(ids), "prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": out,
+    return {"prompt_tokens": len(ids), "prefill_s": statistics.median(prefill), "decode_s": t2 - t1, "tokens": out,
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -80,9 +86,12 @@ def run_inprocess(model_dir: Path) -> dict:
     engine = open_engine(model_dir / "model.onnx", "onnx", EngineOptions(threads=THREADS))
     decoder = Decoder(engine, slots=1, context=CONTEXT)
     ids = np.array(tokenizer.encode(PROMPT).ids, dtype=np.int64)
-    decoder.prefill(0, ids, 0)  # warm-up (first-run allocations), as llama.cpp's own load does
-    t0 = time.perf_counter()
-    token = int(np.argmax(decoder.prefill(0, ids, 0)))
+    decoder.prefill(0, ids, 0)  # warm-up (first-run allocations), as for llama.cpp
+    prefill = []
+    for _ in range(PREFILL_REPEATS):  # each rewrites the slot from position 0
+        t0 = time.perf_counter()
+        token = int(np.argmax(decoder.prefill(0, ids, 0)))
+        prefill.append(time.perf_counter() - t0)
     t1 = time.perf_counter()
     out, pos = [token], len(ids)
     position = np.zeros(1, np.int32)
@@ -93,7 +102,7 @@ def run_inprocess(model_dir: Path) -> dict:
         out.append(token)
         pos += 1
     t2 = time.perf_counter()
-    return {"prompt_tokens": len(ids), "prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": out,
+    return {"prompt_tokens": len(ids), "prefill_s": statistics.median(prefill), "decode_s": t2 - t1, "tokens": out,
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -165,6 +174,9 @@ def run_socket(model_dir: Path) -> dict:
             body = {"model": "smol", "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
             _stream(client, {**body, "max_tokens": 4})  # warm-up
+            # Prefill: time to the first token, the median of PREFILL_REPEATS short streams.
+            prefill = [first - start for start, first, _, _ in
+                       (_stream(client, {**body, "max_tokens": 2}) for _ in range(PREFILL_REPEATS))]
             start, first, end, count = _stream(client, body)
             prompt_tokens = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 1}
                                         ).json()["usage"]["prompt_tokens"]
@@ -182,7 +194,7 @@ def run_socket(model_dir: Path) -> dict:
                 t.join()
             firsts, ends = [r[1] for r in results], [r[2] for r in results]
             aggregate = sum(r[3] - 1 for r in results) / (max(ends) - min(firsts))
-            return {"prompt_tokens": prompt_tokens, "prefill_s": first - start, "decode_s": end - first,
+            return {"prompt_tokens": prompt_tokens, "prefill_s": statistics.median(prefill), "decode_s": end - first,
                     "tokens_generated": count, "peak_rss_mb": peak_rss_mb(daemon.pid),
                     "aggregate4_decode_tps": aggregate}
         finally:
