@@ -7,9 +7,9 @@ and one with metrics off serve the bundled intents model (ONNX). bench/loadgen.p
 with 32 closed-loop keep-alive clients, one text per request. Every round starts a fresh pair
 (which one starts first, and which is measured first, alternate): on this VM a daemon process
 keeps a speed of its own, +-5% against an identical one, so a pair kept for the whole run
-biases every round the same way. The cost of recording is the median of the per-round
-ratios (on / off). `--control` runs the same schedule with both daemons off: the spread of its
-ratios is the method's own noise.
+biases every round the same way. The cost of recording is the geometric mean of the
+per-round ratios (on / off), printed with its standard error. `--control` runs the same
+schedule with both daemons off: its ratios show the method's own noise.
 
 bytes: a metrics-on daemon with default settings, left idle for --bytes-seconds, then driven
 by one client at 10 requests/s for --bytes-seconds; the bytes its record files grew by
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -99,7 +100,11 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
               f"{results['off'][-1]['cpu_us_per_request']:5.1f} us/request", flush=True)
     cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in results.items()}
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    logs = [math.log(r) for r in ratios]
+    geomean = math.exp(statistics.mean(logs))
+    standard_error = geomean * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("nan")
     return {"clients": clients, "rounds": rounds, "seconds": seconds, "control": control,
+            "geomean_ratio": geomean, "standard_error": standard_error,
             "median_ratio": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]],
             "range": [min(ratios), max(ratios)], "median_cpu_us_per_request": cpu,
             "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
@@ -200,9 +205,10 @@ def main() -> int:
                 print(f"{what}, {args.clients} clients, {args.rounds} fresh pairs x {args.seconds:g} s each")
                 o = overhead(Path(tmp), args.rounds, args.seconds, args.clients, control=control)
                 report[key] = o
-                print(f"  median of per-round ratios {o['median_ratio']:.3f} (quartiles {o['quartiles'][0]:.3f}-"
-                      f"{o['quartiles'][1]:.3f}, range {o['range'][0]:.3f}-{o['range'][1]:.3f})"
-                      + ("" if control else " (target >= 0.97)"))
+                print(f"  per-round ratios: geometric mean {o['geomean_ratio']:.3f} +- {o['standard_error']:.3f} (one "
+                      f"standard error){'' if control else ' (target >= 0.97)'}; median {o['median_ratio']:.3f}, "
+                      f"quartiles {o['quartiles'][0]:.3f}-{o['quartiles'][1]:.3f}, range {o['range'][0]:.3f}-"
+                      f"{o['range'][1]:.3f}")
                 print(f"  median daemon CPU per request: {o['median_cpu_us_per_request']['on']:.1f} vs "
                       f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows "
                       f"{o['cpu_ratio']:.3f}")
