@@ -49,6 +49,12 @@ def phrases() -> list[str]:
     return [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
 
 
+def _cell(latencies_s: list[float], done: int, elapsed_s: float) -> dict:
+    """Throughput and latency percentiles of one measurement."""
+    lat = np.array(latencies_s) * 1000
+    return {"rps": done / elapsed_s, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
 def bare(path: Path, texts: list[str], threads: int, seconds: float) -> dict:
     model = ServedModel.load(ModelConfig(name="bare", path=path, threads=threads))
     encoder, engine = model.encoder, model.engine
@@ -64,10 +70,7 @@ def bare(path: Path, texts: list[str], threads: int, seconds: float) -> dict:
             engine.run(encoder.encode(chunk).feeds)
             latencies.append(time.perf_counter() - t0)
             done += batch
-        elapsed = time.perf_counter() - started
-        lat = np.array(latencies) * 1000
-        results[batch] = {"rps": done / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-                          "p99_ms": float(np.percentile(lat, 99))}
+        results[batch] = _cell(latencies, done, time.perf_counter() - started)
     # Batch 1 again, idle IDLE_GAP_S between calls as a daemon is between one client's requests: on this VM
     # a thread that sleeps finds its caches cold, and the same work takes longer (context for the 1-client row).
     latencies, started = [], time.perf_counter()
@@ -76,9 +79,7 @@ def bare(path: Path, texts: list[str], threads: int, seconds: float) -> dict:
         t0 = time.perf_counter()
         engine.run(encoder.encode([texts[len(latencies) % len(texts)]]).feeds)
         latencies.append(time.perf_counter() - t0)
-    lat = np.array(latencies) * 1000
-    results["1-idle"] = {"rps": len(latencies) / (time.perf_counter() - started),
-                         "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    results["1-idle"] = _cell(latencies, len(latencies), time.perf_counter() - started)
     model.close()
     return results
 
@@ -109,9 +110,13 @@ def start_daemon(workdir: Path, threads: int, max_delay_ms: float) -> tuple[subp
     raise SystemExit(f"daemon did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
 
 
+def best_batch(bare_cells: dict) -> int:
+    """The batch size with the best throughput among a round's bare cells (not the "1-idle" context row)."""
+    return max((k for k in bare_cells if isinstance(k, int)), key=lambda k: bare_cells[k]["rps"])
+
+
 def best_rps(bare_cells: dict) -> float:
-    """The best throughput of a round's bare batch sizes."""
-    return max(v["rps"] for k, v in bare_cells.items() if isinstance(k, int))
+    return bare_cells[best_batch(bare_cells)]["rps"]
 
 
 def _median_cells(rounds: list[dict]) -> dict:
@@ -175,15 +180,15 @@ def main() -> int:
     for fmt in FORMATS:
         b = _median_cells(bare_rounds[fmt])
         daemon = _median_cells(daemon_rounds[fmt])
-        best_batch = max((k for k in b if isinstance(k, int)), key=lambda k: b[k]["rps"])
+        best = best_batch(b)
         one = b[1]
         print(f"{fmt:<7} {'bare batch 1':<22} {one['rps']:>9.0f} {one['p50_ms']:>8.3f} {one['p99_ms']:>8.3f}")
         idle = b["1-idle"]
         print(f"{fmt:<7} {'bare batch 1, idle':<22} {idle['rps']:>9.0f} {idle['p50_ms']:>8.3f} "
               f"{idle['p99_ms']:>8.3f}  (context: {IDLE_GAP_S * 1e3:g} ms asleep before each call, as a daemon is "
               "between requests)")
-        print(f"{fmt:<7} {f'bare best (batch {best_batch})':<22} {b[best_batch]['rps']:>9.0f} "
-              f"{b[best_batch]['p50_ms']:>8.3f} {b[best_batch]['p99_ms']:>8.3f}")
+        print(f"{fmt:<7} {f'bare best (batch {best})':<22} {b[best]['rps']:>9.0f} "
+              f"{b[best]['p50_ms']:>8.3f} {b[best]['p99_ms']:>8.3f}")
         ratios = {}
         for n, d in daemon.items():
             pairs = zip(bare_rounds[fmt], daemon_rounds[fmt])
@@ -199,7 +204,7 @@ def main() -> int:
             mode = f"daemon 8 x {MULTI} texts" if n == "8x" else f"daemon {n} clients"
             print(f"{fmt:<7} {mode:<22} {d['rps']:>9.0f} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f}  "
                   f"{ratio}{f' ({errors:.0f} errors)' if errors else ''}")
-        report["formats"][fmt] = {"bare": b, "daemon": daemon, "best_batch": best_batch, "ratios": ratios,
+        report["formats"][fmt] = {"bare": b, "daemon": daemon, "best_batch": best, "ratios": ratios,
                                   "rounds": {"bare": bare_rounds[fmt], "daemon": daemon_rounds[fmt]}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -66,10 +66,11 @@ class Api:
         assert model.classify is not None
         texts = as_list(body.input, self.server.max_inputs)
         encoded = model.classify.prepare(texts, truncate=body.truncate)
+        tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
-                                        task="classify", tokens_in=encoded.tokens)
+                                        task="classify", tokens_in=tokens)
         data = model.classify.answer(encoded, outputs, body.top_k)
-        usage = {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens}
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return json_response({"object": "list", "model": model.name, "data": data, "usage": usage})
 
     async def embeddings(self, request: Request) -> Response:
@@ -84,8 +85,9 @@ class Api:
             )
         texts = as_list(body.input, self.server.max_inputs)
         encoded = model.embed.prepare(texts, truncate=body.truncate)
+        tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
-                                        task="embed", tokens_in=encoded.tokens)
+                                        task="embed", tokens_in=tokens)
         vectors = model.embed.answer(encoded, outputs)
         if body.encoding_format == "base64":
             little = vectors.astype("<f4", copy=False)
@@ -94,7 +96,7 @@ class Api:
             items = list(np.ascontiguousarray(vectors, dtype=np.float32))
         data = [{"object": "embedding", "index": i, "embedding": v, "truncated": bool(encoded.truncated[i])}
                 for i, v in enumerate(items)]
-        usage = {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens}
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return json_response({"object": "list", "model": model.name, "data": data, "usage": usage})
 
     async def infer(self, request: Request) -> Response:

@@ -15,18 +15,20 @@ from edgeslm.errors import BadInputError, ModelLoadError
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A request's texts as model feeds. feeds: name -> [n, L]; mask: [n, L] int; lengths, truncated: [n];
-    tokens: the lengths' sum (read three times a request: summed once, as Python ints)."""
+    """A request's texts as model feeds. feeds: name -> [n, L]; mask: [n, L] int; lengths, truncated: [n]."""
 
     feeds: dict[str, np.ndarray]
     mask: np.ndarray
     lengths: np.ndarray
     truncated: np.ndarray
-    tokens: int
 
     @property
     def rows(self) -> int:
         return int(self.lengths.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
 
 
 class TextEncoder:
@@ -89,8 +91,7 @@ class TextEncoder:
                 )
             flags.append(cut)
             rows.append(ids)
-        counts = [len(r) for r in rows]
-        lengths = np.array(counts, dtype=np.int64)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
         if len(rows) == 1:
             ids = np.array(rows, dtype=self._dtypes[self.ids_name])
             mask = np.ones(ids.shape, dtype=np.int64)
@@ -103,4 +104,4 @@ class TextEncoder:
         if self.type_ids_name is not None:
             feeds[self.type_ids_name] = np.zeros(ids.shape, dtype=self._dtypes[self.type_ids_name])
         truncated = np.array(flags, dtype=bool)
-        return Encoded(feeds, mask, lengths, truncated, sum(counts))
+        return Encoded(feeds, mask, lengths, truncated)
