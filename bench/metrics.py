@@ -5,11 +5,14 @@ Run: make bench-metrics   (or: .venv/bin/python bench/metrics.py --rounds 5 --se
 overhead: a daemon with [metrics] on (the defaults: records, a 1 Hz power sampler, a 5 s flush)
 and one with metrics off serve the bundled intents model (ONNX). bench/loadgen.py drives each
 with 32 closed-loop keep-alive clients, one text per request. Every round starts a fresh pair
-(which one starts first, and which is measured first, alternate): on this VM a daemon process
-keeps a speed of its own, +-5% against an identical one, so a pair kept for the whole run
-biases every round the same way. The cost of recording is the geometric mean of the
-per-round ratios (on / off), printed with its standard error. `--control` runs the same
-schedule with both daemons off: its ratios show the method's own noise.
+(which one starts first alternates) and measures the two in 1 s slices that take turns (ABBA):
+here a daemon's req/s swings by 10-20% from one second to the next, and the slices put the
+machine's slow and fast moments on both. A fresh pair per round, because a daemon process keeps
+a speed of its own against an identical one, so one pair for the whole run would bias every
+round the same way; every daemon gets the same hash seed and memory layout, which narrows that.
+The cost of recording is the geometric mean of the per-round ratios (on / off), printed with its
+standard error. `--control` runs the same schedule with both daemons off: its ratios show the
+method's own noise.
 
 bytes: a metrics-on daemon with default settings, left idle for --bytes-seconds, then driven
 by one client at 10 requests/s for --bytes-seconds; the bytes its record files grew by
@@ -22,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,8 +55,13 @@ def start_daemon(workdir: Path, name: str, metrics: bool) -> tuple[subprocess.Po
                       '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
                       f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_") and k != "LOGS_DIRECTORY"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config), "--socket", str(sock),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # Every daemon gets the same string hashes and the same memory layout: a process's own speed (+-5% here
+    # between identical daemons) comes partly from where its objects land, and this halves that spread.
+    env["PYTHONHASHSEED"] = "0"
+    same_layout = ["setarch", "-R"] if shutil.which("setarch") else []
+    proc = subprocess.Popen([*same_layout, sys.executable, "-m", "edgeslm", "serve", "--config", str(config),
+                             "--socket", str(sock), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -70,29 +79,42 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, control: bool = False) -> dict:
-    """`rounds` fresh on/off pairs (off/off with `control`), each measured once; per-round ratios."""
+def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, control: bool = False,
+             slice_s: float = 1.0) -> dict:
+    """`rounds` fresh on/off pairs (off/off with `control`); per-round ratios of their throughputs.
+
+    Within a round each daemon is measured for `seconds` in all, in slices of `slice_s` that take
+    turns (on, off, off, on, ...), so the machine's slower and faster moments fall on both alike."""
     bodies = [json.dumps({"model": "intents", "input": [t]}).encode() for t in texts()]
     requests = build_requests("/v1/classify", bodies)
     results: dict[str, list[dict]] = {"on": [], "off": []}
     ratios = []
+    slices = max(1, round(seconds / slice_s))
     for i in range(rounds):
         daemons = {}
         try:
             for name in (("on", "off") if i % 2 == 0 else ("off", "on")):  # start order alternates
                 proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control)
                 daemons[name] = (proc, sock)
-            for name in (("on", "off") if i % 4 in (0, 3) else ("off", "on")):  # measuring order: ABBA
-                proc, sock = daemons[name]
-                run_load(str(sock), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
-                cpu0 = cpu_seconds(proc.pid)
-                run = run_load(str(sock), requests, clients=clients, seconds=seconds, warmup_s=0)
-                # CPU the daemon used per request: steadier than req/s on a machine shared with other work.
-                run["cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, run["requests"])
-                results[name].append(run)
+            totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0} for name in daemons}
+            for name in daemons:
+                run_load(str(daemons[name][1]), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
+            first = ("on", "off") if i % 2 == 0 else ("off", "on")
+            for k in range(slices):
+                for name in (first if k % 2 == 0 else first[::-1]):  # ABBA within the round
+                    proc, sock = daemons[name]
+                    cpu0 = cpu_seconds(proc.pid)
+                    run = run_load(str(sock), requests, clients=clients, seconds=slice_s, warmup_s=0)
+                    totals[name]["requests"] += run["requests"]
+                    totals[name]["seconds"] += run["requests"] / run["rps"] if run["rps"] else slice_s
+                    totals[name]["cpu_s"] += cpu_seconds(proc.pid) - cpu0
         finally:
             for proc, _ in daemons.values():
                 stop(proc)
+        for name, t in totals.items():
+            # CPU the daemon used per request, beside req/s: the same cost seen another way.
+            results[name].append({"requests": t["requests"], "rps": t["requests"] / t["seconds"],
+                                  "cpu_us_per_request": t["cpu_s"] * 1e6 / max(1, t["requests"])})
         ratios.append(results["on"][-1]["rps"] / results["off"][-1]["rps"])
         label = "off'" if control else "on"
         print(f"  round {i + 1:>2}: {label} {results['on'][-1]['rps']:6.0f} req/s, off {results['off'][-1]['rps']:6.0f}"
@@ -190,7 +212,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8, help="fresh on/off daemon pairs (default 8)")
     parser.add_argument("--control", action="store_true",
                         help="also run the schedule with both daemons off, to show the method's noise")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per run (default 5)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="measuring time per daemon and round, in 1 s slices (default 5)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
     parser.add_argument("--only", choices=["overhead", "bytes"], help="run one of the two measurements")

@@ -17,7 +17,7 @@ import orjson
 from edgeslm.core.batcher import Completion
 from edgeslm.metrics.energy import PowerTrace
 from edgeslm.metrics.files import JsonlWriter
-from edgeslm.metrics.finished import Batch, FinishedRequest, batches_of
+from edgeslm.metrics.finished import Batch, FinishedRequest
 
 log = logging.getLogger(__name__)
 
@@ -299,30 +299,34 @@ class Recorder:
             return len(lines) if ok else 0
 
     def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
-        wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id = entry[:10]
-        batches = batches_of(entry)
+        (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,
+         enqueued, started, ended, batch_rows, more, extra) = entry
         record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
                   "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
                   "model": model, "task": task, "status": status, "rows": rows}
-        if batches:
-            if len(batches) == 1:
-                (enqueued, started, ended, batch_rows, _), = batches
-                queue_s, run_s = started - enqueued, ended - started
-            else:
-                batch_rows = max(b[3] for b in batches)
-                queue_s, run_s = max(b[1] - b[0] for b in batches), sum(b[2] - b[1] for b in batches)
+        joules: float | None = None
+        if more is None and batch_rows:  # the usual request: one engine call
             # Milliseconds to the microsecond: short in JSON.
             record["batch"] = batch_rows
-            record["queue_ms"] = int(queue_s * 1e6 + 0.5) / 1000
-            record["run_ms"] = int(run_s * 1e6 + 0.5) / 1000
+            record["queue_ms"] = int((started - enqueued) * 1e6 + 0.5) / 1000
+            record["run_ms"] = int((ended - started) * 1e6 + 0.5) / 1000
+            window = (started, ended)
+            batch = batch_j[window] if window in batch_j else batch_j.setdefault(
+                window, self.trace.energy_j(started, ended))
+            if batch is not None:
+                joules = batch * rows / batch_rows
+        elif more:  # split into chunks, each in an engine call of its own
+            record["batch"] = max(b[3] for b in more)
+            record["queue_ms"] = int(max(b[1] - b[0] for b in more) * 1e6 + 0.5) / 1000
+            record["run_ms"] = int(sum(b[2] - b[1] for b in more) * 1e6 + 0.5) / 1000
+            joules = self._energy(more, batch_j)
         record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
         if tokens_in is not None:
             record["tokens_in"] = tokens_in
         if tokens_out is not None:
             record["tokens_out"] = tokens_out
-        if entry[15]:
-            record.update(entry[15])
-        joules = self._energy(batches, batch_j)
+        if extra:
+            record.update(extra)
         if joules is not None:
             record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
             record["power_source"] = self.source_name
