@@ -310,9 +310,7 @@ class Recorder:
             record["batch"] = batch_rows
             record["queue_ms"] = int((started - enqueued) * 1e6 + 0.5) / 1000
             record["run_ms"] = int((ended - started) * 1e6 + 0.5) / 1000
-            window = (started, ended)
-            batch = batch_j[window] if window in batch_j else batch_j.setdefault(
-                window, self.trace.energy_j(started, ended))
+            batch = self._batch_energy(started, ended, batch_j)
             if batch is not None:
                 joules = batch * rows / batch_rows
         elif more:  # split into chunks, each in an engine call of its own
@@ -336,13 +334,17 @@ class Recorder:
         """The request's share (its rows of the batch's rows) of each batch's energy, summed."""
         total = None
         for _, started, finished, batch_rows, rows in batches:
-            window = (started, finished)
-            joules = batch_j[window] if window in batch_j else batch_j.setdefault(
-                window, self.trace.energy_j(started, finished))
+            joules = self._batch_energy(started, finished, batch_j)
             if joules is None:
                 return None
             total = (total or 0.0) + joules * rows / batch_rows
         return total
+
+    def _batch_energy(self, started: float, ended: float,
+                      batch_j: dict[tuple[float, float], float | None]) -> float | None:
+        """One engine call's joules, integrated once for all the requests that shared it."""
+        window = (started, ended)
+        return batch_j[window] if window in batch_j else batch_j.setdefault(window, self.trace.energy_j(started, ended))
 
     def close(self) -> None:
         """Stop the flush thread and write everything still buffered."""
