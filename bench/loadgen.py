@@ -52,7 +52,7 @@ async def _run(sock: str, requests: Sequence[bytes], clients: int, seconds: floa
                            for c in range(clients)))
     elapsed = time.perf_counter() - started
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / elapsed,
+    return {"requests": len(latencies), "errors": len(errors), "seconds": elapsed, "rps": len(latencies) / elapsed,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 

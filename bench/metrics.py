@@ -92,21 +92,21 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
     slices = max(1, round(seconds / slice_s))
     for i in range(rounds):
         daemons = {}
+        first = ("on", "off") if i % 2 == 0 else ("off", "on")  # starts first, and is measured first
         try:
-            for name in (("on", "off") if i % 2 == 0 else ("off", "on")):  # start order alternates
+            for name in first:
                 proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control)
                 daemons[name] = (proc, sock)
             totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0} for name in daemons}
             for name in daemons:
                 run_load(str(daemons[name][1]), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
-            first = ("on", "off") if i % 2 == 0 else ("off", "on")
             for k in range(slices):
                 for name in (first if k % 2 == 0 else first[::-1]):  # ABBA within the round
                     proc, sock = daemons[name]
                     cpu0 = cpu_seconds(proc.pid)
                     run = run_load(str(sock), requests, clients=clients, seconds=slice_s, warmup_s=0)
                     totals[name]["requests"] += run["requests"]
-                    totals[name]["seconds"] += run["requests"] / run["rps"] if run["rps"] else slice_s
+                    totals[name]["seconds"] += run["seconds"]
                     totals[name]["cpu_s"] += cpu_seconds(proc.pid) - cpu0
         finally:
             for proc, _ in daemons.values():

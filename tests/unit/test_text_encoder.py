@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
 from edgeslm.tasks.text import TextEncoder, ascii_variant
 
@@ -50,7 +50,5 @@ def test_the_encoder_takes_the_full_tokenizer_for_any_text_that_is_not_ascii():
 
 def test_no_variant_for_a_tokenizer_without_a_bert_normalizer():
     full = Tokenizer.from_file(str(INTENTS / "tokenizer.json"))
-    from tokenizers import normalizers
-
     full.normalizer = normalizers.Lowercase()
     assert ascii_variant(full) is None
