@@ -97,30 +97,35 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
             for name in first:
                 proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control)
                 daemons[name] = (proc, sock)
-            totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0} for name in daemons}
+            totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0, "main_s": 0.0} for name in daemons}
             for name in daemons:
                 run_load(str(daemons[name][1]), requests, clients=clients, seconds=1.0, warmup_s=0)  # warm-up
             for k in range(slices):
                 for name in (first if k % 2 == 0 else first[::-1]):  # ABBA within the round
                     proc, sock = daemons[name]
-                    cpu0 = cpu_seconds(proc.pid)
+                    cpu0, main0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, proc.pid)
                     run = run_load(str(sock), requests, clients=clients, seconds=slice_s, warmup_s=0)
                     totals[name]["requests"] += run["requests"]
                     totals[name]["seconds"] += run["seconds"]
                     totals[name]["cpu_s"] += cpu_seconds(proc.pid) - cpu0
+                    totals[name]["main_s"] += cpu_seconds(proc.pid, proc.pid) - main0
         finally:
             for proc, _ in daemons.values():
                 stop(proc)
         for name, t in totals.items():
             # CPU the daemon used per request, beside req/s: the same cost seen another way.
+            # The event loop's thread (the process's first) is where a request's Python runs: how busy it was.
             results[name].append({"requests": t["requests"], "rps": t["requests"] / t["seconds"],
-                                  "cpu_us_per_request": t["cpu_s"] * 1e6 / max(1, t["requests"])})
+                                  "cpu_us_per_request": t["cpu_s"] * 1e6 / max(1, t["requests"]),
+                                  "main_busy": t["main_s"] / t["seconds"]})
         ratios.append(results["on"][-1]["rps"] / results["off"][-1]["rps"])
         label = "off'" if control else "on"
         print(f"  round {i + 1:>2}: {label} {results['on'][-1]['rps']:6.0f} req/s, off {results['off'][-1]['rps']:6.0f}"
               f" req/s, ratio {ratios[-1]:.3f}; daemon CPU {results['on'][-1]['cpu_us_per_request']:5.1f} vs "
-              f"{results['off'][-1]['cpu_us_per_request']:5.1f} us/request", flush=True)
+              f"{results['off'][-1]['cpu_us_per_request']:5.1f} us/request; event loop busy "
+              f"{results['on'][-1]['main_busy']:.0%} vs {results['off'][-1]['main_busy']:.0%}", flush=True)
     cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in results.items()}
+    busy = {name: statistics.median(r["main_busy"] for r in rs) for name, rs in results.items()}
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     logs = [math.log(r) for r in ratios]
     geomean = math.exp(statistics.mean(logs))
@@ -129,12 +134,13 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
             "geomean_ratio": geomean, "standard_error": standard_error,
             "median_ratio": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]],
             "range": [min(ratios), max(ratios)], "median_cpu_us_per_request": cpu,
-            "cpu_ratio": cpu["off"] / cpu["on"], "runs": results}
+            "cpu_ratio": cpu["off"] / cpu["on"], "median_main_busy": busy, "runs": results}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (or of its thread `tid`), from /proc."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -234,7 +240,8 @@ def main() -> int:
                       f"{o['range'][1]:.3f}")
                 print(f"  median daemon CPU per request: {o['median_cpu_us_per_request']['on']:.1f} vs "
                       f"{o['median_cpu_us_per_request']['off']:.1f} us; throughput the CPU allows "
-                      f"{o['cpu_ratio']:.3f}")
+                      f"{o['cpu_ratio']:.3f}; event loop thread busy {o['median_main_busy']['on']:.0%} vs "
+                      f"{o['median_main_busy']['off']:.0%} of the time")
             report["recording_cost"] = c = recording_cost(Path(tmp))
             print(f"recording in-process: {c['request_path_us']:.2f} us CPU on the request path + "
                   f"{c['flush_us']:.2f} us counting, energy and JSON per request (on the event loop, in slices)")
