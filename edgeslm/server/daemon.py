@@ -108,6 +108,25 @@ class DaemonServer(uvicorn.Server):
             await self.reloader.settle()
 
 
+# The cyclic collector's young-generation threshold while serving (Python's default is 700). Serving makes no
+# cyclic garbage (none found over 6000 requests at 32 clients), but each request allocates and frees a few
+# hundred tracked objects, and the count of allocations minus frees swings with the requests in flight: at 700
+# those swings alone set off a collection every ~25 requests, each walking every in-flight request's objects.
+# Measured at 32 clients on a 2-core VM: 12-18 us of collection a request at 700, about 4 us at 5000 (pauses
+# ~1.5 ms, ~20x rarer). Cyclic garbage, should there be any, waits for at most 5000 allocations.
+GC_YOUNG_THRESHOLD = 5_000
+
+
+def settle_collector() -> None:
+    """Before serving: what start-up built (models, tokenizers, the app) lives as long as the daemon, so it goes
+    out of the collector's sight (a full collection no longer walks it between requests), and the young
+    generation is collected less often (GC_YOUNG_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _describe_models(registry: ModelRegistry) -> list[str]:
     lines = []
     for name, model in registry.models.items():
@@ -227,10 +246,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             first = socket_name(sockets[0])
             print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
                   file=out, flush=True)
-            # What start-up built (models, tokenizers, the app) lives as long as the daemon: out of the
-            # collector's sight, a full collection no longer walks it between requests.
-            gc.collect()
-            gc.freeze()
+            settle_collector()
             server.run(sockets=sockets)
             log.info("closing models")
     finally:
