@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from edgeslm.hw.sensors import THROTTLE_FLAGS, THROTTLE_NOW_MASK
-from edgeslm.metrics.finished import RequestCall
+from edgeslm.metrics.finished import FinishedRequest, batches_of
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -85,15 +85,15 @@ class PromMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
 
-    def observe_many(self, finished: Sequence[RequestCall]) -> None:
+    def observe_many(self, finished: Sequence[FinishedRequest]) -> None:
         values: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name, _, _ in _HISTOGRAMS}
         latency, queue, run, size = (values[name] for name, _, _ in _HISTOGRAMS)
         with self._lock:
-            for call in finished:
-                model = call.model
-                self.requests[model, call.status] += 1
-                latency[model].append(call.total_s)
-                for enqueued, started, ended, batch_rows, _ in call.batches():
+            for entry in finished:
+                model = entry[2]
+                self.requests[model, entry[4]] += 1
+                latency[model].append(entry[6])
+                for enqueued, started, ended, batch_rows, _ in batches_of(entry):
                     queue[model].append(started - enqueued)
                     # The requests of one batch share its start time: count each batch once.
                     if self._last_batch.get(model) != started:

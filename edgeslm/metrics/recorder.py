@@ -10,22 +10,62 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
+from edgeslm.core.batcher import Completion
 from edgeslm.metrics.energy import PowerTrace
 from edgeslm.metrics.files import JsonlWriter
-from edgeslm.metrics.finished import Batch, RequestCall, client_request_id
+from edgeslm.metrics.finished import Batch, FinishedRequest
 
 log = logging.getLogger(__name__)
 
 class RequestObserver(Protocol):
     """What counts finished requests (the Prometheus metrics), in batches."""
 
-    def observe_many(self, finished: Sequence[RequestCall]) -> None: ...
+    def observe_many(self, finished: Sequence[FinishedRequest]) -> None: ...
 
     def add_energy(self, joules_by_model: Mapping[str, float]) -> None: ...
+
+
+class RequestCall:
+    """One request to one model, from the handler's start to its answer.
+
+    The server opens it when it hands the request to a model, reports the batch completions
+    with `ran`, and `finish`es it with the status once the response is built.
+    """
+
+    __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "enqueued", "started",
+                 "ended", "batch_rows", "more", "finished")
+
+    def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
+                 request_id: str | int):
+        self.recorder = recorder
+        self.model, self.task, self.rows = model, task, rows
+        self.tokens_in: int | None = tokens_in
+        self.tokens_out: int | None = None
+        self.request_id = request_id
+        self.enqueued = self.started = self.ended = 0.0
+        self.batch_rows = 0
+        self.more: tuple[Batch, ...] | None = None
+        self.finished = False
+
+    def ran(self, completions: Sequence[Completion], chunks: Sequence[Mapping[str, Any]]) -> None:
+        """The completions of the request's chunks (its feeds, split at max_batch rows), one per chunk."""
+        c = completions[-1]
+        self.enqueued, self.started, self.ended, self.batch_rows = (c.enqueued_at, c.started_at, c.finished_at,
+                                                                    c.batch_rows)
+        if len(completions) > 1:
+            rows = [len(next(iter(chunk.values()))) for chunk in chunks]
+            self.more = tuple([(c.enqueued_at, c.started_at, c.finished_at, c.batch_rows, n)
+                               for c, n in zip(completions, rows) if c.batch_rows])
+
+    def finish(self, status: str, started_at: float) -> None:
+        """`status` is "ok" or the error code; `started_at` is when the handler began (recorder's clock)."""
+        if not self.finished:
+            self.finished = True
+            self.recorder.finish(self, status, started_at)
 
 
 class IsoStamp:
@@ -85,8 +125,8 @@ class Recorder:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self._stamp = IsoStamp()
-        self._finished: deque[RequestCall] = deque()  # not yet counted
-        self._pending: deque[RequestCall] = deque()  # counted, not yet written
+        self._finished: deque[FinishedRequest] = deque()  # not yet counted
+        self._pending: deque[FinishedRequest] = deque()  # counted, not yet written
         self._samples: deque[dict] = deque(maxlen=1000)
         self._absorb_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # the pending and serialised records
@@ -102,23 +142,24 @@ class Recorder:
 
     # -- the request path (event loop thread) ------------------------------------------------------------------
     def open(self, model: str, task: str, rows: int, tokens_in: int | None = None,
-             request_id: str | list[tuple[bytes, bytes]] | None = None) -> RequestCall:
-        """A request handed to `model`; `request_id` is the client's x-request-id or the raw ASGI headers."""
+             request_id: str | None = None) -> RequestCall:
         if self._event_loop is None:
             self._attach()
         self.in_flight += 1
-        return RequestCall(self, model, task, rows, tokens_in, request_id)  # the id is checked when written
+        if request_id is None or not (0 < len(request_id) <= 64 and request_id.isprintable()):
+            return RequestCall(self, model, task, rows, tokens_in, next(self._ids))
+        return RequestCall(self, model, task, rows, tokens_in, request_id)
 
     def finish(self, call: RequestCall, status: str, started_at: float) -> None:
-        """Called by `call.finish`: the call, finished, joins the queue to be counted and written."""
-        call.mono = now = self.clock()
-        call.status, call.total_s, call.wall = status, now - started_at, self.wall_clock()
+        now = self.clock()
         self.in_flight -= 1
         self.last_finished = now
         if len(self._finished) >= self.max_pending:
             self.overflowed += 1
             return
-        self._finished.append(call)
+        self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
+                               call.tokens_in, call.tokens_out, call.request_id, call.enqueued, call.started,
+                               call.ended, call.batch_rows, call.more, None))
 
     def record(self, model: str, task: str, status: str, *, started_at: float, ended_at: float,
                extra: dict | None = None) -> None:
@@ -128,11 +169,8 @@ class Recorder:
             self.overflowed += 1
             return
         self.last_finished = ended_at
-        call = RequestCall(self, model, task, 1)
-        call.enqueued = call.started = started_at
-        call.ended, call.batch_rows, call.extra = ended_at, 1, extra
-        call.status, call.wall, call.mono, call.total_s = status, self.wall_clock(), ended_at, ended_at - started_at
-        self._finished.append(call)
+        self._finished.append((self.wall_clock(), ended_at, model, task, status, 1, ended_at - started_at, None,
+                               None, next(self._ids), started_at, started_at, ended_at, 1, None, extra))
 
     def activity(self) -> tuple[int, float]:
         return self.in_flight, self.last_finished
@@ -223,18 +261,18 @@ class Recorder:
             batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
             lines = self._lines
             while self._pending:
-                call = self._pending[0]
-                ended = call.ended if call.batch_rows else None  # chunks run in order: the last ends last
-                waiting = ended is not None and (covered is None or covered < ended) and call.mono > give_up
+                entry = self._pending[0]
+                ended = entry[12] if entry[13] else None  # chunks run in order: the last ends last
+                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
                 if waiting and self.waits_for_power and not final:
                     break
                 if limit is not None and done >= limit:
                     break
                 done += 1
                 self._pending.popleft()
-                record = self._request_record(call, batch_j)
+                record = self._request_record(entry, batch_j)
                 if "energy_j" in record:
-                    energy[call.model] += record["energy_j"]
+                    energy[entry[2]] += record["energy_j"]
                 # The newline joins each record to a small copy and frees orjson's buffer at once: keeping
                 # thousands of orjson's own buffers cost 5-7 us per record here, this costs under 1 us.
                 lines.append(orjson.dumps(record) + b"\n")
@@ -260,17 +298,17 @@ class Recorder:
             ok = self.writer.write_chunk(b"".join(lines), len(lines))
             return len(lines) if ok else 0
 
-    def _request_record(self, call: RequestCall, batch_j: dict[tuple[float, float], float | None]) -> dict:
-        rows, batch_rows, more = call.rows, call.batch_rows, call.more
-        request_id = client_request_id(call.request_id) or f"{self._id_prefix}-{next(self._ids)}"
-        record = {"kind": "request", "ts": self._stamp(call.wall), "mono_ns": int(call.mono * 1e9), "id": request_id,
-                  "model": call.model, "task": call.task, "status": call.status, "rows": rows}
+    def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
+        (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,
+         enqueued, started, ended, batch_rows, more, extra) = entry
+        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9),
+                  "id": request_id if isinstance(request_id, str) else f"{self._id_prefix}-{request_id}",
+                  "model": model, "task": task, "status": status, "rows": rows}
         joules: float | None = None
         if more is None and batch_rows:  # the usual request: one engine call
-            started, ended = call.started, call.ended
             # Milliseconds to the microsecond: short in JSON.
             record["batch"] = batch_rows
-            record["queue_ms"] = int((started - call.enqueued) * 1e6 + 0.5) / 1000
+            record["queue_ms"] = int((started - enqueued) * 1e6 + 0.5) / 1000
             record["run_ms"] = int((ended - started) * 1e6 + 0.5) / 1000
             batch = self._batch_energy(started, ended, batch_j)
             if batch is not None:
@@ -280,13 +318,13 @@ class Recorder:
             record["queue_ms"] = int(max(b[1] - b[0] for b in more) * 1e6 + 0.5) / 1000
             record["run_ms"] = int(sum(b[2] - b[1] for b in more) * 1e6 + 0.5) / 1000
             joules = self._energy(more, batch_j)
-        record["total_ms"] = int(call.total_s * 1e6 + 0.5) / 1000
-        if call.tokens_in is not None:
-            record["tokens_in"] = call.tokens_in
-        if call.tokens_out is not None:
-            record["tokens_out"] = call.tokens_out
-        if call.extra:
-            record.update(call.extra)
+        record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
+        if tokens_in is not None:
+            record["tokens_in"] = tokens_in
+        if tokens_out is not None:
+            record["tokens_out"] = tokens_out
+        if extra:
+            record.update(extra)
         if joules is not None:
             record["energy_j"] = int(joules * 1e6 + 0.5) / 1e6
             record["power_source"] = self.source_name

@@ -186,6 +186,14 @@ async def _watch_disconnect(receive: Callable[[], Awaitable[dict]], future: asyn
     _fail(future, CancelledError("client disconnected"))
 
 
+def _request_id(scope: dict) -> str | None:
+    # The raw header list: a miss through request.headers costs a KeyError per request.
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return None
+
+
 class ModelCaller:
     """Submits requests to batchers from the event loop and awaits them without blocking it.
 
@@ -217,7 +225,7 @@ class ModelCaller:
         call = None
         if self.recorder is not None:
             rows = next(iter(feeds.values())).shape[0]
-            call = self.recorder.open(model.name, task, rows, tokens_in, request.scope["headers"])
+            call = self.recorder.open(model.name, task, rows, tokens_in, _request_id(request.scope))
             request.scope[CALL_KEY] = call
         self._loop_thread = threading.get_ident()
         self.active += 1

