@@ -7,7 +7,7 @@ from edgeslm.server.daemon import GC_YOUNG_THRESHOLD, settle_collector
 
 def test_settle_collector_freezes_start_up_and_raises_the_young_threshold():
     before = gc.get_threshold()
-    kept = object.__new__(type("Kept", (), {}))  # a tracked object made before settling
+    kept = type("Kept", (), {})()  # a tracked object made before settling
     try:
         settle_collector()
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
