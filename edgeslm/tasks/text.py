@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Encoding, Tokenizer, normalizers
 
 from edgeslm.core.tensors import pad_rows
 from edgeslm.errors import BadInputError, ModelLoadError
@@ -16,20 +16,23 @@ from edgeslm.errors import BadInputError, ModelLoadError
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A request's texts as model feeds. feeds: name -> [n, L]; mask: [n, L] int; lengths, truncated: [n]."""
+    """A request's texts as model feeds. feeds: name -> [n, L]; mask: [n, L] int; lengths, truncated: [n];
+    tokens: the sum of lengths. Arrays may be read-only views of shared constants: never write into them."""
 
     feeds: dict[str, np.ndarray]
     mask: np.ndarray
     lengths: np.ndarray
     truncated: np.ndarray
+    tokens: int
 
     @property
     def rows(self) -> int:
         return int(self.lengths.shape[0])
 
-    @property
-    def tokens(self) -> int:
-        return int(self.lengths.sum())
+
+def _constant(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def ascii_variant(tokenizer: Tokenizer) -> Tokenizer | None:
@@ -70,8 +73,16 @@ class TextEncoder:
         self.pad_id = pad_id
         self.model_name = model_name
         self.ids_name, self.mask_name, self.type_ids_name = ids_name, mask_name, type_ids_name
-        self._dtypes = dict(dtypes)
+        self._dtypes = {name: np.dtype(d) for name, d in dtypes.items()}
         self._positions = np.arange(max_len)[None, :]
+        # One text (the usual voice command) takes its mask, type ids, length and flag from these constants:
+        # slicing views of them instead of making four small arrays took encoding one text (with its token
+        # count) from 27 to 18 us here, the tokenizer's own 11 us included.
+        dtypes_used = {np.dtype(np.int64), *self._dtypes.values()}
+        self._ones = {d: _constant(np.ones((1, max_len), dtype=d)) for d in dtypes_used}
+        self._zeros = {d: _constant(np.zeros((1, max_len), dtype=d)) for d in self._dtypes.values()}
+        self._one_length = [_constant(np.array([n], dtype=np.int64)) for n in range(max_len + 1)]
+        self._one_flag = (_constant(np.array([False])), _constant(np.array([True])))
         for name in (ids_name, mask_name, type_ids_name):
             if name is not None and name not in self._dtypes:
                 raise ModelLoadError(
@@ -96,34 +107,44 @@ class TextEncoder:
         tokenizer = self._tokenizer
         if self._ascii is not None and all(text.isascii() for text in texts):
             tokenizer = self._ascii
-        encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch_fast(list(texts))
-        rows = []
-        flags = []
-        for i, enc in enumerate(encodings):
-            ids = enc.ids
-            if not ids:
-                raise BadInputError(f"{param}[{i}] has no tokens (empty or only spaces); send some text",
-                                    param=f"{param}[{i}]")
-            cut = bool(enc.overflowing)
-            if cut and not truncate:
-                raise BadInputError(
-                    f"{param}[{i}] is {self._full_length(texts[i])} tokens; model {self.model_name!r} takes "
-                    f"at most {self.max_len}: shorten it or send \"truncate\": true",
-                    param=f"{param}[{i}]",
-                )
-            flags.append(cut)
-            rows.append(ids)
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        if len(rows) == 1:
-            ids = np.array(rows, dtype=self._dtypes[self.ids_name])
-            mask = np.ones(ids.shape, dtype=np.int64)
-        else:
-            ids = pad_rows(rows, self.pad_id, self._dtypes[self.ids_name])
-            mask = (self._positions[:, : ids.shape[1]] < lengths[:, None]).astype(np.int64)
+        if len(texts) == 1:
+            return self._encode_one(tokenizer.encode(texts[0]), texts[0], truncate, param)
+        encodings = tokenizer.encode_batch_fast(list(texts))
+        rows = [enc.ids for enc in encodings]
+        flags = [self._check(i, enc, texts[i], truncate, param) for i, enc in enumerate(encodings)]
+        sizes = [len(r) for r in rows]
+        lengths = np.array(sizes, dtype=np.int64)
+        ids = pad_rows(rows, self.pad_id, self._dtypes[self.ids_name])
+        mask = (self._positions[:, : ids.shape[1]] < lengths[:, None]).astype(np.int64)
         feeds = {self.ids_name: ids}
         if self.mask_name is not None:
             feeds[self.mask_name] = mask.astype(self._dtypes[self.mask_name], copy=False)
         if self.type_ids_name is not None:
             feeds[self.type_ids_name] = np.zeros(ids.shape, dtype=self._dtypes[self.type_ids_name])
         truncated = np.array(flags, dtype=bool)
-        return Encoded(feeds, mask, lengths, truncated)
+        return Encoded(feeds, mask, lengths, truncated, sum(sizes))
+
+    def _check(self, i: int, enc: Encoding, text: str, truncate: bool, param: str) -> bool:
+        """Whether text i was cut to max_len; refuses an empty one, and a cut one when truncate is False."""
+        if not enc.ids:
+            raise BadInputError(f"{param}[{i}] has no tokens (empty or only spaces); send some text",
+                                param=f"{param}[{i}]")
+        cut = bool(enc.overflowing)
+        if cut and not truncate:
+            raise BadInputError(
+                f"{param}[{i}] is {self._full_length(text)} tokens; model {self.model_name!r} takes "
+                f"at most {self.max_len}: shorten it or send \"truncate\": true",
+                param=f"{param}[{i}]",
+            )
+        return cut
+
+    def _encode_one(self, enc: Encoding, text: str, truncate: bool, param: str) -> Encoded:
+        cut = self._check(0, enc, text, truncate, param)
+        ids = enc.ids
+        n = len(ids)
+        feeds = {self.ids_name: np.array([ids], dtype=self._dtypes[self.ids_name])}
+        if self.mask_name is not None:
+            feeds[self.mask_name] = self._ones[self._dtypes[self.mask_name]][:, :n]
+        if self.type_ids_name is not None:
+            feeds[self.type_ids_name] = self._zeros[self._dtypes[self.type_ids_name]][:, :n]
+        return Encoded(feeds, self._ones[np.dtype(np.int64)][:, :n], self._one_length[n], self._one_flag[cut], n)

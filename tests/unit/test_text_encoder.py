@@ -52,3 +52,24 @@ def test_no_variant_for_a_tokenizer_without_a_bert_normalizer():
     full = Tokenizer.from_file(str(INTENTS / "tokenizer.json"))
     full.normalizer = normalizers.Lowercase()
     assert ascii_variant(full) is None
+
+
+def test_one_text_encodes_as_the_same_text_does_in_a_batch_and_its_shared_arrays_are_read_only():
+    encoder = TextEncoder(INTENTS / "tokenizer.json", max_len=8, pad_id=0, model_name="intents",
+                          ids_name="input_ids", mask_name="attention_mask", type_ids_name="token_type_ids",
+                          dtypes={"input_ids": np.dtype(np.int64), "attention_mask": np.dtype(np.int32),
+                                  "token_type_ids": np.dtype(np.int64)})
+    long = "please turn on every single light in the whole kitchen right now"
+    for text in ("turn on the light", long):
+        one = encoder.encode([text])
+        pair = encoder.encode([text, long])  # the same length (long is cut to max_len): no padding in row 0
+        n = one.tokens
+        assert one.rows == 1 and n == int(one.lengths[0]) and pair.tokens == n + int(pair.lengths[1])
+        for name, array in one.feeds.items():
+            assert array.dtype == pair.feeds[name].dtype, name
+            assert array[0].tolist() == pair.feeds[name][0, :n].tolist(), name
+        assert one.mask.tolist() == [[1] * n] and one.truncated.tolist() == [text == long]
+        for array in (*one.feeds.values(), one.mask, one.lengths, one.truncated):
+            if array is not one.feeds["input_ids"]:
+                assert not array.flags.writeable  # views of the encoder's constants
+    assert encoder.encode([long]).truncated.tolist() == [True] and encoder.encode([long]).tokens == 8
