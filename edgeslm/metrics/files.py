@@ -79,9 +79,23 @@ class JsonlWriter:
 
     def write(self, lines: Sequence[bytes]) -> bool:
         """Append records (each a JSON document without its newline); False if they were dropped."""
-        if not lines:
-            return True
-        return self.write_chunk(b"\n".join(lines) + b"\n", len(lines))
+        return self.write_lines([line + b"\n" for line in lines]) == len(lines)
+
+    def write_lines(self, lines: Sequence[bytes]) -> int:
+        """Append serialised records (each ending in a newline) in chunks that each fit a file; returns how many
+        were written. One flush of a busy daemon (5 s at ~3000 requests/s, ~4 MB) can be bigger than
+        `rotate_bytes`: as one chunk it went into one file past that size, and the folder past its budget."""
+        written = 0
+        start, size = 0, 0
+        for end, line in enumerate(lines):
+            if size and size + len(line) > self.rotate_bytes:
+                written += self._chunk_of(lines[start:end])
+                start, size = end, 0
+            size += len(line)
+        return written + self._chunk_of(lines[start:])
+
+    def _chunk_of(self, lines: Sequence[bytes]) -> int:
+        return len(lines) if self.write_chunk(b"".join(lines), len(lines)) else 0
 
     def write_chunk(self, chunk: bytes, records: int) -> bool:
         """Append `records` whole lines, each ending in a newline; False if they were dropped."""

@@ -295,8 +295,7 @@ class Recorder:
                 lines = samples + lines
                 if lines:
                     self._last_write = self.clock()
-            ok = self.writer.write_chunk(b"".join(lines), len(lines))
-            return len(lines) if ok else 0
+            return self.writer.write_lines(lines)
 
     def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
         (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,

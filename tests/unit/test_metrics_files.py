@@ -46,9 +46,12 @@ def test_a_new_daemon_continues_the_sequence_and_honours_the_budget(tmp_path):
     later.write(lines(20, 1))
     later.close()
     files = record_files(tmp_path)
-    # The first file (1.8 kB) leaves no room for a new 1 kB file in 2 kB: it is deleted.
-    assert [f.name.split("-")[1] for f in files] == ["000002"] and later.path == files[0]
-    assert [r["i"] for r in read_records(tmp_path)] == [20]
+    # The first daemon's 1.8 kB went into two files of at most 1 kB; the older one leaves no room for a new
+    # 1 kB file in 2 kB: it is deleted, and the new daemon's file is number 3.
+    assert [f.name.split("-")[1] for f in files] == ["000002", "000003"] and later.path == files[-1]
+    assert sum(f.stat().st_size for f in files) <= 2000
+    kept = [r["i"] for r in read_records(tmp_path)]
+    assert kept == list(range(kept[0], 21)) and kept[0] > 0
 
 
 def test_rotated_files_can_be_gzipped_and_are_read_back(tmp_path):
@@ -158,3 +161,18 @@ def test_unreadable_records_say_how_to_get_access(tmp_path):
                            script], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 1, done.stderr
     assert "permission denied; run as the daemon's user, with sudo" in done.stderr
+
+
+def test_a_flush_bigger_than_a_file_is_split_at_line_ends_and_stays_within_the_budget(tmp_path):
+    # A busy daemon's 5 s flush (~4 MB at 3000 requests/s) can exceed rotate_bytes: it must not make one big file.
+    writer = JsonlWriter(tmp_path, rotate_bytes=4096, budget_bytes=8192, wall_clock=lambda: 1.7e9)
+    flush = [line + b"\n" for line in lines(0, 100, pad=150)]  # ~20 KB in one call
+    assert writer.write_lines(flush) == 100
+    assert writer.write_lines([]) == 0
+    writer.close()
+    files = record_files(tmp_path)
+    assert len(files) >= 2
+    assert all(f.stat().st_size <= 4096 for f in files)
+    assert sum(f.stat().st_size for f in files) <= 8192
+    kept = [r["i"] for r in read_records(tmp_path)]
+    assert kept == list(range(kept[0], 100))  # the newest records, whole lines, in order
