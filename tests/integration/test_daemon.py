@@ -180,6 +180,9 @@ def test_sigterm_finishes_the_request_in_flight_then_removes_the_socket(tmp_path
     conn.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert b"lights_on" in answer
+    # It already has its SIGTERM: wait for it to exit. Another signal sent while it exits (as stop() would)
+    # could land after its handlers are gone, under load, and kill it.
+    assert d.proc.wait(30) == 0
     assert d.stop() == 0
     assert not d.socket.exists()
     assert "edgeslm stopped" in d.output()
