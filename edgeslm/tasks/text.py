@@ -73,21 +73,25 @@ class TextEncoder:
         self.pad_id = pad_id
         self.model_name = model_name
         self.ids_name, self.mask_name, self.type_ids_name = ids_name, mask_name, type_ids_name
-        self._dtypes = {name: np.dtype(d) for name, d in dtypes.items()}
+        self._dtypes = dict(dtypes)
         self._positions = np.arange(max_len)[None, :]
-        # One text (the usual voice command) takes its mask, type ids, length and flag from these constants:
-        # slicing views of them instead of making four small arrays took encoding one text (with its token
-        # count) from 27 to 18 us here, the tokenizer's own 11 us included.
-        dtypes_used = {np.dtype(np.int64), *self._dtypes.values()}
-        self._ones = {d: _constant(np.ones((1, max_len), dtype=d)) for d in dtypes_used}
-        self._zeros = {d: _constant(np.zeros((1, max_len), dtype=d)) for d in self._dtypes.values()}
-        self._one_length = [_constant(np.array([n], dtype=np.int64)) for n in range(max_len + 1)]
-        self._one_flag = (_constant(np.array([False])), _constant(np.array([True])))
         for name in (ids_name, mask_name, type_ids_name):
             if name is not None and name not in self._dtypes:
                 raise ModelLoadError(
                     f"model card names input {name!r}, but the model's inputs are {', '.join(self._dtypes)}"
                 )
+        # One text (the usual voice command) takes its mask, type ids, length and flag as views of these
+        # constants, made here once: slicing them instead of making four small arrays took encoding one text
+        # (with its token count) from 27 to 18 us here, the tokenizer's own 11 us included.
+        self._ones = _constant(np.ones((1, max_len), dtype=np.int64))
+        self._one_text_feeds: dict[str, np.ndarray] = {}  # input name -> [1, max_len], sliced per text
+        if mask_name is not None:
+            self._one_text_feeds[mask_name] = _constant(np.ones((1, max_len), dtype=self._dtypes[mask_name]))
+        if type_ids_name is not None:
+            zeros = np.zeros((1, max_len), dtype=self._dtypes[type_ids_name])
+            self._one_text_feeds[type_ids_name] = _constant(zeros)
+        self._one_length = [_constant(np.array([n], dtype=np.int64)) for n in range(max_len + 1)]
+        self._one_flag = (_constant(np.array([False])), _constant(np.array([True])))
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -111,7 +115,8 @@ class TextEncoder:
             return self._encode_one(tokenizer.encode(texts[0]), texts[0], truncate, param)
         encodings = tokenizer.encode_batch_fast(list(texts))
         rows = [enc.ids for enc in encodings]
-        flags = [self._check(i, enc, texts[i], truncate, param) for i, enc in enumerate(encodings)]
+        flags = [self._check(i, ids, enc, texts[i], truncate, param)
+                 for i, (ids, enc) in enumerate(zip(rows, encodings))]
         sizes = [len(r) for r in rows]
         lengths = np.array(sizes, dtype=np.int64)
         ids = pad_rows(rows, self.pad_id, self._dtypes[self.ids_name])
@@ -124,9 +129,10 @@ class TextEncoder:
         truncated = np.array(flags, dtype=bool)
         return Encoded(feeds, mask, lengths, truncated, sum(sizes))
 
-    def _check(self, i: int, enc: Encoding, text: str, truncate: bool, param: str) -> bool:
-        """Whether text i was cut to max_len; refuses an empty one, and a cut one when truncate is False."""
-        if not enc.ids:
+    def _check(self, i: int, ids: list[int], enc: Encoding, text: str, truncate: bool, param: str) -> bool:
+        """Whether text i (`ids`, its `enc`) was cut to max_len; refuses an empty one, and a cut one when
+        truncate is False."""
+        if not ids:
             raise BadInputError(f"{param}[{i}] has no tokens (empty or only spaces); send some text",
                                 param=f"{param}[{i}]")
         cut = bool(enc.overflowing)
@@ -139,12 +145,10 @@ class TextEncoder:
         return cut
 
     def _encode_one(self, enc: Encoding, text: str, truncate: bool, param: str) -> Encoded:
-        cut = self._check(0, enc, text, truncate, param)
         ids = enc.ids
+        cut = self._check(0, ids, enc, text, truncate, param)
         n = len(ids)
         feeds = {self.ids_name: np.array([ids], dtype=self._dtypes[self.ids_name])}
-        if self.mask_name is not None:
-            feeds[self.mask_name] = self._ones[self._dtypes[self.mask_name]][:, :n]
-        if self.type_ids_name is not None:
-            feeds[self.type_ids_name] = self._zeros[self._dtypes[self.type_ids_name]][:, :n]
-        return Encoded(feeds, self._ones[np.dtype(np.int64)][:, :n], self._one_length[n], self._one_flag[cut], n)
+        for name, constant in self._one_text_feeds.items():
+            feeds[name] = constant[:, :n]
+        return Encoded(feeds, self._ones[:, :n], self._one_length[n], self._one_flag[cut], n)
