@@ -477,6 +477,11 @@ class VoiceConfig(Settings):
         return self
 
 
+# Config names GpioConfig and VoiceConfig before they are defined; resolve them now, so that code reading
+# Config.model_fields (the environment overrides) sees the section classes even before any validation.
+Config.model_rebuild()
+
+
 def check_wiring(config: Config) -> None:
     """Cross-section checks: actions name configured outputs; voice triggers need voice intents."""
     outputs = {o.pin for o in config.gpio.outputs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,21 @@ def test_serve_exits_78_when_the_vad_model_is_not_pulled(tmp_path):
                            str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 78, done.stderr
     assert "voice.vad.model_path" in done.stderr and "edgeslm pull silero-vad" in done.stderr
+
+
+@pytest.mark.parametrize("variable, value, expect", [
+    ("EDGESLM_METRICS_ENABLED", "false", "metrics.enabled=False"),
+    ("EDGESLM_STORE_DIR", "/srv/s", "store.dir=/srv/s"),
+    ("EDGESLM_GPIO_BACKEND", "mock", "gpio.backend=mock"),
+])
+def test_environment_overrides_work_in_a_fresh_interpreter(tmp_path, variable, value, expect):
+    # In a process that has validated no Config yet (as `edgeslm serve` is), every section must resolve:
+    # the sections defined after Config once read as forward references and crashed the override lookup.
+    code = ("from edgeslm.config import load_config; c = load_config()\n"
+            "print(f'metrics.enabled={c.metrics.enabled} store.dir={c.store.dir} gpio.backend={c.gpio.backend}')")
+    (tmp_path / "empty.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
+    env |= {"EDGESLM_CONFIG": str(tmp_path / "empty.toml"), variable: value}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert expect in done.stdout
