@@ -151,6 +151,30 @@ def status_text(registry: ModelRegistry) -> str:
 
 
 @contextlib.contextmanager
+def _stop_signals_held(timeout_s: float) -> Iterator[None]:
+    """While the daemon closes, a further SIGINT/SIGTERM is logged, not obeyed.
+
+    Closing finishes what the drain left (bounded by `timeout_s` per model), writes the last records and
+    removes the socket file; the default action would kill the process part way and lose them. SIGKILL still
+    stops it at once, as systemd's TimeoutStopSec does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def held(sig: int, frame: object) -> None:
+        log.warning("%s while closing: writing the last records and removing the socket first (models get at "
+                    "most %g s each; SIGKILL stops at once and loses them)", signal.Signals(sig).name, timeout_s)
+
+    previous = {sig: signal.signal(sig, held) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def _hangups_remembered() -> Iterator[list[int]]:
     """While models load, a SIGHUP (the default action kills) is remembered so the reload happens after."""
     seen: list[int] = []
@@ -250,16 +274,17 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             server.run(sockets=sockets)
             log.info("closing models")
     finally:
-        if edge is not None:
-            edge.close()
-        if registry is not None:
-            registry.close(timeout_s=server_config.shutdown_timeout_s)
-        if metrics is not None:
-            metrics.close()  # after the models: records of the last requests are in the recorder by now
-        for sock in sockets:
-            sock.close()
-        if inode is not None:
-            remove_socket(path, inode)
-        notifier.close()
+        with _stop_signals_held(server_config.shutdown_timeout_s):
+            if edge is not None:
+                edge.close()
+            if registry is not None:
+                registry.close(timeout_s=server_config.shutdown_timeout_s)
+            if metrics is not None:
+                metrics.close()  # after the models: records of the last requests are in the recorder by now
+            for sock in sockets:
+                sock.close()
+            if inode is not None:
+                remove_socket(path, inode)
+            notifier.close()
     print("edgeslm stopped", file=out, flush=True)
     return 0

@@ -188,6 +188,64 @@ def test_sigterm_finishes_the_request_in_flight_then_removes_the_socket(tmp_path
     assert "edgeslm stopped" in d.output()
 
 
+# The daemon in a child process whose models, as they close, receive a second SIGTERM: the window where the
+# signal's default action used to kill it before the last records were written and the socket removed.
+SECOND_SIGNAL_WHILE_CLOSING = """
+import logging, os, signal, sys, threading, time
+from pathlib import Path
+import httpx
+from edgeslm.config import load_config
+from edgeslm.server.daemon import serve
+from edgeslm.tasks.served import ModelRegistry
+
+logging.basicConfig(level=logging.WARNING)
+work = Path(sys.argv[1])
+config = load_config(work / "edgeslm.toml")
+
+def registry(config):
+    loaded = ModelRegistry.load(config.models)
+    close = loaded.close
+    def close_after_a_second_sigterm(**kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs in this (the main) thread between the sleep and close
+        close(**kwargs)
+    loaded.close = close_after_a_second_sigterm
+    return loaded
+
+def client():
+    sock = work / "d.sock"
+    while not sock.exists():
+        time.sleep(0.05)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://x") as c:
+        while c.get("/ready").status_code != 200:
+            time.sleep(0.05)
+        for _ in range(3):
+            assert c.post("/v1/classify", json={"input": ["turn on the kitchen light"]}).status_code == 200
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=client, daemon=True).start()
+sys.exit(serve(config, registry_factory=registry))
+"""
+
+
+def test_a_second_sigterm_while_closing_still_writes_the_records_and_removes_the_socket(tmp_path):
+    (tmp_path / "edgeslm.toml").write_text(
+        f'[server]\nsocket_path = "{tmp_path / "d.sock"}"\n'
+        f'[metrics]\ndir = "{tmp_path / "records"}"\nflush_interval_s = 600\n'  # only the final flush writes
+        f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL_WHILE_CLOSING, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SIGTERM while closing" in done.stderr
+    assert "edgeslm stopped" in done.stdout
+    assert not (tmp_path / "d.sock").exists()
+    records = [json.loads(line) for path in sorted((tmp_path / "records").glob("*.jsonl"))
+               for line in path.read_text().splitlines()]
+    answered = [r for r in records if r.get("task") == "classify" and r.get("status") == "ok"]
+    assert len(answered) == 3, records
+
+
 def test_bad_config_exits_78_naming_the_key(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[server]\nmax_inputs = -1\n[[models]]\nname = "x"\npath = "y"\nruntime = "tpu"\n')
