@@ -48,23 +48,37 @@ class DaemonServer(uvicorn.Server):
         self.hangups = hangups if hangups is not None else []  # SIGHUPs seen before serving began
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Task] = set()
+        self._previous_handlers: dict[int, Any] = {}
+        self.closing = False  # serving has ended; the daemon is closing models and files
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """Take SIGINT, SIGTERM and SIGHUP, and keep them after serving ends: the daemon still has to close its
+        models, write the last records and remove the socket, and a signal's default action would kill it
+        part way. `release_signals` hands them back once that is done."""
         if threading.current_thread() is not threading.main_thread():
             yield  # embedded in a test or a thread: the owner stops us with should_exit
             return
         handlers: dict[int, Any] = {signal.SIGINT: self.handle_exit, signal.SIGTERM: self.handle_exit,
                                     signal.SIGHUP: self.handle_reload}
-        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        self._previous_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
             yield
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.closing = True
+
+    def release_signals(self) -> None:
+        """Give the signals back to whoever had them before serving (the end of the daemon's close)."""
+        previous, self._previous_handlers = self._previous_handlers, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        if self.should_exit:
+        if self.closing:
+            log.warning("%s while closing: writing the last records and removing the socket first (models get at "
+                        "most %g s each; SIGKILL stops at once and loses them)", signal.Signals(sig).name,
+                        self.config.timeout_graceful_shutdown or 0)
+        elif self.should_exit:
             self.force_exit = True
             log.warning("second signal: closing open connections without waiting")
         else:
@@ -151,30 +165,6 @@ def status_text(registry: ModelRegistry) -> str:
 
 
 @contextlib.contextmanager
-def _stop_signals_held(timeout_s: float) -> Iterator[None]:
-    """While the daemon closes, a further SIGINT/SIGTERM is logged, not obeyed.
-
-    Closing finishes what the drain left (bounded by `timeout_s` per model), writes the last records and
-    removes the socket file; the default action would kill the process part way and lose them. SIGKILL still
-    stops it at once, as systemd's TimeoutStopSec does.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def held(sig: int, frame: object) -> None:
-        log.warning("%s while closing: writing the last records and removing the socket first (models get at "
-                    "most %g s each; SIGKILL stops at once and loses them)", signal.Signals(sig).name, timeout_s)
-
-    previous = {sig: signal.signal(sig, held) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
 def _hangups_remembered() -> Iterator[list[int]]:
     """While models load, a SIGHUP (the default action kills) is remembered so the reload happens after."""
     seen: list[int] = []
@@ -229,7 +219,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
         inode = socket_inode(path)
         where = f"{path} (mode {server_config.socket_mode:04o})"
-    registry = edge = metrics = None
+    registry = edge = metrics = server = None
     try:
         with _hangups_remembered() as hangups:
             fingerprints = {model.name: fingerprint(model) for model in config.models}
@@ -274,17 +264,18 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             server.run(sockets=sockets)
             log.info("closing models")
     finally:
-        with _stop_signals_held(server_config.shutdown_timeout_s):
-            if edge is not None:
-                edge.close()
-            if registry is not None:
-                registry.close(timeout_s=server_config.shutdown_timeout_s)
-            if metrics is not None:
-                metrics.close()  # after the models: records of the last requests are in the recorder by now
-            for sock in sockets:
-                sock.close()
-            if inode is not None:
-                remove_socket(path, inode)
-            notifier.close()
+        if edge is not None:
+            edge.close()
+        if registry is not None:
+            registry.close(timeout_s=server_config.shutdown_timeout_s)
+        if metrics is not None:
+            metrics.close()  # after the models: records of the last requests are in the recorder by now
+        for sock in sockets:
+            sock.close()
+        if inode is not None:
+            remove_socket(path, inode)
+        notifier.close()
+        if server is not None:
+            server.release_signals()  # held since serving ended (DaemonServer.capture_signals)
     print("edgeslm stopped", file=out, flush=True)
     return 0
