@@ -73,7 +73,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     store = open_store(args)
-    for name in args.name:
+    names = list(dict.fromkeys(args.name))
+    for name in names:  # refuse them all before deleting any
+        store.removable(name)
+    for name in names:
         removed = store.remove(name)
         print(f"removed {name} ({_mb(removed.size_bytes)}) from {store.root}")
     return 0
@@ -140,7 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rm = sub.add_parser("rm", help="delete a pulled model from the model store", formatter_class=FORMATTER,
                         description="Remove a model folder from the store (the daemon keeps serving a model\n"
-                                    "it already loaded until it restarts).",
+                                    "it already loaded until it restarts). Only folders `edgeslm pull` built are\n"
+                                    "removed: one copied in by hand is left alone (delete it yourself).",
                         epilog="example:\n  edgeslm rm minilm-l6")
     rm.add_argument("name", nargs="+", help="pulled model name(s)")
     _store_args(rm)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from edgeslm.doctor.host import check_audio, check_gpio, check_power, check_runtimes
 from edgeslm.doctor.report import Context, Finding, Identity, render
-from edgeslm.doctor.service import check_config, check_memory, check_models, check_socket
+from edgeslm.doctor.service import check_config, check_memory, check_models, check_socket, check_voice
 
 # In order: config first, because the others read what it loaded.
 CHECKS: dict[str, Callable[[Context], Finding]] = {
@@ -14,6 +14,7 @@ CHECKS: dict[str, Callable[[Context], Finding]] = {
     "runtimes": check_runtimes,
     "gpio": check_gpio,
     "audio": check_audio,
+    "voice": check_voice,
     "power": check_power,
     "socket": check_socket,
     "models": check_models,

@@ -39,9 +39,17 @@ class Identity:
     def of(cls, name: str | None) -> Identity:
         """`name` if that user exists (the service's 'edgeslm'), else whoever runs the doctor."""
         try:
-            entry = pwd.getpwnam(name) if name else pwd.getpwuid(os.geteuid())
+            return cls.named(name) if name else cls._from(pwd.getpwuid(os.geteuid()))
         except KeyError:
-            entry = pwd.getpwuid(os.geteuid())
+            return cls._from(pwd.getpwuid(os.geteuid()))
+
+    @classmethod
+    def named(cls, name: str) -> Identity:
+        """The user called `name` (or with that numeric uid); KeyError when there is none."""
+        return cls._from(pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name))
+
+    @classmethod
+    def _from(cls, entry: pwd.struct_passwd) -> Identity:
         gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
         return cls(entry.pw_name, entry.pw_uid, frozenset(gids))
 
@@ -67,6 +75,7 @@ class Context:
     import_module: Callable[[str], ModuleType] = importlib.import_module
     module_present: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
     open_gpio: Callable[[str], Any] | None = None  # opens a GPIO backend by name (default: edgeslm.hw.gpio)
+    open_vad: Callable[[Path, int], Any] | None = None  # opens the VAD (path, threads) (default: SileroVad.open)
     run: Callable[..., str] | None = None  # runs vcgencmd for the power check (default: the real one)
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     config: Any = None  # the loaded Config, once the config check has run

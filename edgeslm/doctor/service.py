@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
+import tempfile
+from pathlib import Path
 
 from edgeslm.doctor.report import Context, Finding
 from edgeslm.errors import ConfigError, ModelLoadError
@@ -15,13 +18,16 @@ SERVICE_STATE_DIR = "/var/lib/edgeslm"  # StateDirectory=edgeslm: the service's 
 
 
 def check_config(ctx: Context) -> Finding:
+    """The file as `load_config` reads it, and the [access] group names serve resolves at start-up."""
     from edgeslm.config import load_config
+    from edgeslm.server.access import AccessPolicy
 
     env = dict(ctx.env)
     if "STATE_DIRECTORY" not in env and ctx.path(SYSTEMD_SERVICE_UNIT).exists():
         env["STATE_DIRECTORY"] = SERVICE_STATE_DIR  # `store = "NAME"` models resolve as the service sees them
     try:
         ctx.config = load_config(ctx.config_path, env)
+        AccessPolicy.from_config(ctx.config.access)
     except ConfigError as exc:
         ctx.config_error = str(exc)
         return Finding("config", "fail", " ".join(line.strip() for line in str(exc).splitlines()),
@@ -41,6 +47,10 @@ def check_socket(ctx: Context) -> Finding:
         owner = "systemd creates it (edgeslm.socket)"
     else:
         owner = None
+    if owner is None and ctx.config.server.socket_group is not None:
+        refused = _socket_group_refused(ctx)
+        if refused is not None:
+            return refused
     if path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(2)
@@ -63,6 +73,61 @@ def check_socket(ctx: Context) -> Finding:
     return Finding("socket", "fail", f"{ctx.user.name} cannot create {path} ({parent} is not writable)",
                    "The daemon binds its socket at start-up and stops if it cannot.",
                    f"choose a writable server.socket_path, or: sudo install -d -o {ctx.user.name} {path.parent}")
+
+
+def _socket_group_refused(ctx: Context) -> Finding | None:
+    """Bind a throwaway socket in a private temp folder with the mode and group serve gives its own.
+
+    serve's `bind_unix_socket` looks the group up (and chowns the socket to it) at start-up and exits
+    78 when the group does not exist; running the same function is the only way to agree with it.
+    """
+    from edgeslm.server.listen import bind_unix_socket
+
+    server = ctx.config.server
+    with tempfile.TemporaryDirectory(prefix="edgeslm-doctor-") as folder:
+        try:
+            bind_unix_socket(Path(folder) / "probe.sock", mode=server.socket_mode, group=server.socket_group).close()
+        except ConfigError as exc:
+            return Finding("socket", "fail", str(exc),
+                           "The daemon sets up its socket with these settings at start-up and exits 78 when it "
+                           "cannot; systemd does not retry.",
+                           f"sudo groupadd {server.socket_group} and add the socket's users to it, or drop "
+                           f"server.socket_group from {ctx.config_path or 'the config file'}")
+        except OSError as exc:
+            caller = pwd.getpwuid(os.geteuid()).pw_name
+            status = "fail" if os.geteuid() == ctx.user.uid else "warn"  # tried as someone else than the daemon
+            return Finding("socket", status, f"{caller} cannot give a socket to group {server.socket_group!r}: "
+                           f"{exc.strerror}",
+                           "The daemon hands its socket to server.socket_group at start-up; a user outside that "
+                           "group (and not root) may not.",
+                           f"sudo usermod -aG {server.socket_group} {ctx.user.name}, or drop server.socket_group")
+    return None
+
+
+def check_voice(ctx: Context) -> Finding:
+    """The voice pipeline's VAD model, opened and self-checked as serve does at start-up (with [[voice.intents]])."""
+    if ctx.config is None:
+        return Finding("voice", "warn", "skipped: the config did not load")
+    voice = ctx.config.voice
+    if not voice.intents:
+        return Finding("voice", "ok", "off (no [[voice.intents]])")
+    path = ctx.path(voice.vad.model_path)
+    try:
+        (ctx.open_vad or _open_vad)(path, voice.vad.threads).close()
+    except ModelLoadError as exc:
+        store = voice.vad.model_path.parent.parent
+        pull = (f"sudo edgeslm pull --store {store} silero-vad (the default model_path is the store's), or set "
+                if voice.vad.model_path.parent.name == "silero-vad" else "set ")
+        return Finding("voice", "fail", f"voice.vad.model_path: {exc}",
+                       "The daemon loads the VAD at start-up and exits 78 without it; systemd does not retry.",
+                       pull + "[voice.vad] model_path to a Silero VAD 16 kHz .onnx")
+    return Finding("voice", "ok", f"{len(voice.intents)} intent(s); the VAD {path} loads and passes its self-check")
+
+
+def _open_vad(path: Path, threads: int):
+    from edgeslm.tasks.vad import SileroVad
+
+    return SileroVad.open(path, threads=threads)
 
 
 def _model_files(ctx: Context) -> tuple[list[tuple[str, str, int]], list[str]]:

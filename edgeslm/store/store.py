@@ -26,6 +26,9 @@ from edgeslm.tasks.card import CARD_NAME, MODEL_FILES, load_card, sha256_of
 PARTIAL_PREFIX = ".partial-"
 REMOVING_PREFIX = ".removing-"
 LOCK_NAME = ".lock"
+# The [source] keys `seal_card` writes: a card holding all of them records a pull. A folder copied in by
+# hand (or the repository's own models/, whose cards say where they came from in prose) has none of them.
+PULL_RECORD_KEYS = ("package", "version", "recipe", "archive_sha256")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Installed:
     version: str | None
     recipe: str | None
     revision: int | None
+    pulled: bool = False  # the card holds the [source] record a pull writes (PULL_RECORD_KEYS)
 
     def matches(self, recipe: Recipe) -> bool:
         return (self.package, self.version, self.recipe, self.revision) == (
@@ -103,8 +107,11 @@ class ModelStore:
             source = tomllib.loads(card.read_text(encoding="utf-8")).get("source", {})
         except (OSError, tomllib.TOMLDecodeError):
             source = {}
+        if not isinstance(source, dict):
+            source = {}  # `source = "..."` at the top level: prose, not a pull record
         return Installed(name, path, _folder_size(path), source.get("package"), source.get("version"),
-                         source.get("recipe"), source.get("recipe_revision"))
+                         source.get("recipe"), source.get("recipe_revision"),
+                         pulled=all(source.get(key) for key in PULL_RECORD_KEYS))
 
     def pulled(self) -> list[Installed]:
         """Every model folder in the store (pulled ones and any copied in by hand), by name."""
@@ -198,12 +205,27 @@ class ModelStore:
                                                 (folder / rel).stat().st_size == entry.size_bytes)
                    for rel, entry in card.files.items())
 
+    def removable(self, name: str) -> Installed:
+        """The pulled model `name`, which `remove` may delete; StoreError when it is not one.
+
+        Only folders whose card records a pull are deleted: `--store` can point at any folder, and
+        a model someone built or copied there by hand (the repository's models/, say) may hold the
+        only copy of its sources.
+        """
+        installed = self.installed(name)
+        if installed is None:
+            raise self._not_pulled(name)
+        if not installed.pulled:
+            raise StoreError(
+                f"{installed.path} was not pulled by `edgeslm pull` (its {CARD_NAME} has no [source] record with "
+                f"{', '.join(PULL_RECORD_KEYS)}), so `edgeslm rm` leaves it alone; if you mean to delete it, "
+                f"do it by hand: rm -r {installed.path}", param="name")
+        return installed
+
     def remove(self, name: str) -> Installed:
         """Delete a pulled model folder (renamed away first, so it vanishes at once)."""
         with self._locked():
-            installed = self.installed(name)
-            if installed is None:
-                raise self._not_pulled(name)
+            installed = self.removable(name)
             trash = Path(tempfile.mkdtemp(prefix=f"{REMOVING_PREFIX}{name}-", dir=self.root))
             installed.path.rename(trash / name)
             shutil.rmtree(trash, ignore_errors=True)

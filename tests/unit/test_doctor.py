@@ -219,3 +219,78 @@ def test_store_models_are_looked_for_where_the_service_keeps_them(pi5, tmp_path)
     assert finding.status == "fail" and "'minilm-l6' is not pulled into the model store /var/lib/edgeslm/models" \
         in finding.summary, finding
     assert "edgeslm pull --store /var/lib/edgeslm/models minilm-l6" in finding.summary
+
+
+NO_GROUP = "edgeslm-no-such-group"
+VOICE = ('[gpio]\nbackend = "mock"\n[store]\ndir = "/var/lib/edgeslm/models"\n'
+         '[[voice.intents]]\nname = "lights_on"\nphrases = ["turn on the light"]\n')
+
+
+def test_a_socket_group_that_does_not_exist_fails_as_serve_does(pi5, tmp_path):
+    with pytest.raises(KeyError):
+        grp.getgrnam(NO_GROUP)
+    server = f'\n[server]\nsocket_path = "{tmp_path}/s/e.sock"\nsocket_group = "{NO_GROUP}"\n'
+    config = config_file(tmp_path, extra=server)
+    finding = check_socket(ctx(pi5, config))
+    assert finding.status == "fail", finding
+    assert finding.summary == f"server.socket_group '{NO_GROUP}' is not a group on this system; create it " \
+                              "(groupadd) or drop the setting"  # serve's own words (edgeslm.server.listen)
+    assert "exits 78" in finding.explanation
+    mine = grp.getgrgid(os.getegid()).gr_name
+    config.write_text(config.read_text().replace(NO_GROUP, mine))
+    context = ctx(pi5, config)
+    context.user = Identity("root", 0, frozenset({0}))  # may create the socket's folder under tmp_path
+    assert check_socket(context).status == "ok"
+    assert not (tmp_path / "s").exists()  # the probe socket went into a temp folder of its own
+
+
+def test_an_access_group_that_does_not_exist_fails_the_config(pi5, tmp_path):
+    config = config_file(tmp_path, extra=f'\n[access]\nallow_groups = ["{NO_GROUP}"]\n')
+    context = Context(root=pi5, config_path=config, user=SERVICE)
+    finding = check_config(context)
+    assert finding.status == "fail" and f"access.allow_groups names '{NO_GROUP}'" in finding.summary
+    assert context.config is not None  # the file itself loaded: the other checks still run
+
+
+def test_voice_without_the_vad_model_fails_as_serve_does(pi5, tmp_path, capsys):
+    from edgeslm.doctor.service import check_voice
+
+    config = write(tmp_path / "voice.toml", VOICE)
+    finding = check_voice(ctx(pi5, config))
+    assert finding.status == "fail" and finding.summary.startswith("voice.vad.model_path: ")
+    assert "silero-vad/model.onnx does not exist" in finding.summary and "exits 78" in finding.explanation
+    assert finding.fix.startswith("sudo edgeslm pull --store /var/lib/edgeslm/models silero-vad")
+    assert main(["doctor", "--root", str(pi5), "--config", str(config), "--only", "config,voice"]) == 1
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_voice_with_a_vad_that_loads(pi5, tmp_path):
+    from edgeslm.doctor.service import check_voice
+
+    opened = []
+
+    class FakeVad:
+        def close(self):
+            opened.append("closed")
+
+    def open_vad(path, threads):
+        opened.append(path)
+        return FakeVad()
+
+    config = write(tmp_path / "voice.toml", VOICE)
+    finding = check_voice(ctx(pi5, config, open_vad=open_vad))
+    assert finding.status == "ok" and "1 intent(s)" in finding.summary
+    assert opened == [pi5 / "var/lib/edgeslm/models/silero-vad/model.onnx", "closed"]
+    assert check_voice(ctx(pi5, config_file(tmp_path))).summary == "off (no [[voice.intents]])"
+
+
+def test_an_unknown_user_or_root_is_a_usage_error(pi5, tmp_path, capsys):
+    assert main(["doctor", "--user", "nosuchuser", "--only", "gpio"]) == 78
+    captured = capsys.readouterr()
+    assert "permissions checked" not in captured.out
+    assert "--user nosuchuser: no such user on this system" in captured.err
+    assert main(["doctor", "--root", str(tmp_path / "nonexistent")]) == 78
+    assert f"--root {tmp_path / 'nonexistent'}: no such directory" in capsys.readouterr().err
+    me = Identity.named(str(os.geteuid()))
+    assert main(["doctor", "--user", me.name, "--root", str(pi5), "--only", "power"]) == 0
+    assert f"permissions checked for user {me.name}" in capsys.readouterr().out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
-from edgeslm.errors import ConfigError, ModelLoadError, NotPulledError, PullError, UnknownRecipeError
+from edgeslm.errors import ConfigError, ModelLoadError, NotPulledError, PullError, StoreError, UnknownRecipeError
 from edgeslm.store import CATALOGUE, ModelStore, Recipe, RecordingProgress, default_store_dir, find_recipe
 from edgeslm.store.fetch import Fetched
 from edgeslm.store.recipes import load_build
@@ -298,3 +300,47 @@ def test_cli_pull_unknown_name(tmp_path: Path, capsys):
 
     assert main(["pull", "gpt-5", "--store", str(tmp_path)]) == 1
     assert "no model called 'gpt-5' in the catalogue" in capsys.readouterr().err
+
+
+def _hand_made(store: ModelStore, name: str = "intents") -> Path:
+    """A copy of the repository's bundled model in the store: a card without a pull record, and its sources."""
+    folder = store.root / name
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "intents", folder)
+    return folder
+
+
+def test_remove_refuses_a_folder_that_was_never_pulled(store: ModelStore):
+    folder = _hand_made(store)
+    before = sorted(p.name for p in folder.iterdir())
+    assert "build.py" in before and "phrases.toml" in before
+    installed = store.installed("intents")
+    assert installed is not None and not installed.pulled
+    with pytest.raises(StoreError, match=r"was not pulled by `edgeslm pull`.*do it by hand: rm -r .*intents"):
+        store.remove("intents")
+    assert sorted(p.name for p in folder.iterdir()) == before
+    store.pull("tiny")
+    assert store.installed("tiny").pulled
+
+
+def test_a_card_with_part_of_the_pull_record_is_not_a_pull(store: ModelStore):
+    store.pull("tiny")
+    card = store.root / "tiny" / "model.toml"
+    data = tomllib.loads(card.read_text())
+    del data["source"]["archive_sha256"]
+    card.write_text(tomli_w.dumps(data))
+    with pytest.raises(StoreError, match="not pulled by `edgeslm pull`"):
+        store.remove("tiny")
+    assert (store.root / "tiny" / "model.onnx").is_file()
+
+
+def test_cli_rm_of_a_hand_made_folder_deletes_nothing(store: ModelStore, capsys):
+    from edgeslm.cli import main
+
+    folder = _hand_made(store)
+    store.pull("tiny")
+    assert main(["rm", "tiny", "intents", "--store", str(store.root)]) == 1
+    captured = capsys.readouterr()
+    assert "removed" not in captured.out
+    [line] = captured.err.splitlines()
+    assert line.startswith("edgeslm rm: ") and f"rm -r {folder}" in line
+    assert (folder / "build.py").is_file() and (store.root / "tiny").is_dir()  # not even the pulled one
