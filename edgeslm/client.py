@@ -25,7 +25,11 @@ class DaemonError(EdgeslmError):
 
 
 def find_socket(explicit: Path | None = None, config_path: Path | None = None) -> Path:
-    """--socket, else EDGESLM_SOCKET, else the config's socket, else ./run/edgeslm.sock or the systemd one."""
+    """--socket, else EDGESLM_SOCKET, else the config's socket, else ./run/edgeslm.sock or the systemd one.
+
+    A config the user named (--config or EDGESLM_CONFIG) that is missing or bad is a ConfigError; a bad
+    system-wide one only falls back to the default socket, as the daemon it describes cannot be running.
+    """
     if explicit is not None:
         return explicit
     if os.environ.get("EDGESLM_SOCKET"):
@@ -33,6 +37,8 @@ def find_socket(explicit: Path | None = None, config_path: Path | None = None) -
     try:
         configured = load_config(config_path).server.socket_path
     except ConfigError:
+        if config_path is not None or os.environ.get("EDGESLM_CONFIG"):
+            raise
         configured = DEFAULT_SOCKET_PATH
     if configured == DEFAULT_SOCKET_PATH and not configured.exists() and SYSTEM_SOCKET.exists():
         return SYSTEM_SOCKET

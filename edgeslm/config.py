@@ -7,7 +7,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -18,6 +18,14 @@ DEFAULT_SOCKET_PATH = Path("run/edgeslm.sock")
 ENV_PREFIX = "EDGESLM_"
 # Variables that select things rather than override a key.
 ENV_RESERVED = {"EDGESLM_CONFIG", "EDGESLM_SOCKET"}
+# Names clients and the store use; errors say the rule in words (describe_error).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STORE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_PATTERN_WORDS = {
+    NAME_PATTERN: "use letters, digits, '.', '_' and '-' (up to 64, starting with a letter or digit)",
+    STORE_NAME_PATTERN: "use lower-case letters, digits, '.', '_' and '-' (up to 64, starting with one of the "
+                        "first two), as `edgeslm models --available` lists them",
+}
 
 
 class Settings(BaseModel):
@@ -91,10 +99,10 @@ class GenerationConfig(Settings):
 class ModelConfig(Settings):
     """One served model."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="name clients use in requests")
+    name: str = Field(pattern=NAME_PATTERN, description="name clients use in requests")
     path: Path | None = Field(None, description="model folder (with model.toml) or a .onnx / .tflite file")
     store: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        None, pattern=STORE_NAME_PATTERN,
         description="a model pulled into the model store (`edgeslm pull NAME`), instead of path; name defaults to it",
     )
     runtime: Literal["auto", "onnx", "tflite"] = Field("auto", description="auto = by file extension")
@@ -294,7 +302,7 @@ class EventAction(Settings):
     """Publish an `event` on GET /v1/events."""
 
     type: Literal["event"]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="the event's name")
+    name: str = Field(pattern=NAME_PATTERN, description="the event's name")
     data: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields the event carries")
 
 
@@ -432,7 +440,7 @@ class SpeechConfig(Settings):
 class IntentConfig(Settings):
     """One voice command: the phrases that say it and what it does."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    name: str = Field(pattern=NAME_PATTERN,
                       description="intent name (a label of the model when intent_method = classify)")
     phrases: tuple[str, ...] = Field(min_length=1, description="example phrases; the recogniser hears only these")
     action: tuple[Action, ...] = Field((), description="what the intent does (one table or a list)")
@@ -497,11 +505,14 @@ def check_wiring(config: Config) -> None:
                 raise ValueError(f"{where}[{j}] starts voice capture but [[voice.intents]] is empty; add intents")
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as `path.to[key]: what is wrong (got value)`."""
     loc = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]).replace(".[", "[")
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key; check its spelling against `edgeslm serve --help` and the README"
+    elif error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") in _PATTERN_WORDS:
+        message = _PATTERN_WORDS[error["ctx"]["pattern"]]
     got = error.get("input")
     shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     return f"{loc or '(top level)'}: {message}{shown}"
@@ -515,21 +526,35 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def _is_sequence(annotation: Any) -> bool:
+    return get_origin(annotation) in (tuple, list)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """The config data with EDGESLM_<SECTION>_<KEY> overrides applied, and which variable set each key.
+
+    A list setting takes a TOML list ('[1000, 1001]'), or commas ('1000,1001'), or one value ('1000').
+    """
     sections = {name: field for name, field in Config.model_fields.items() if name != "models"}
+    origins: dict[tuple[str, str], str] = {}
     for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX) or key in ENV_RESERVED:
             continue
         rest = key[len(ENV_PREFIX) :].lower()
         for section, field in sections.items():
             keys = field.annotation.model_fields  # type: ignore[union-attr]
-            if rest.startswith(section + "_") and rest[len(section) + 1 :] in keys:
-                data.setdefault(section, {})[rest[len(section) + 1 :]] = _env_value(raw)
+            name = rest[len(section) + 1 :]
+            if rest.startswith(section + "_") and name in keys:
+                value = _env_value(raw)
+                if _is_sequence(keys[name].annotation) and not isinstance(value, list):
+                    value = [_env_value(part.strip()) for part in raw.split(",") if part.strip()]
+                data.setdefault(section, {})[name] = value
+                origins[section, name] = key
                 break
         else:
             known = ", ".join(f"EDGESLM_{s.upper()}_<KEY>" for s in sections)
             raise ConfigError(f"environment variable {key} matches no setting; known forms: {known}", param=key)
-    return data
+    return data, origins
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -553,8 +578,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the config file (or none) and the environment; raise ConfigError naming every bad key."""
     env = os.environ if env is None else env
+    drop = "drop --config"
     if path is None and env.get("EDGESLM_CONFIG"):
         path = Path(env["EDGESLM_CONFIG"])
+        drop = "unset EDGESLM_CONFIG"
     if path is None and SYSTEM_CONFIG_PATH.is_file():
         path = SYSTEM_CONFIG_PATH
     data: dict[str, Any] = {}
@@ -564,15 +591,22 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
+            raise ConfigError(f"config file {path} does not exist; create it or {drop}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
         data = _resolve_paths(data, Path(path).resolve().parent)
-    data = _apply_env(data, env)
+    data, origins = _apply_env(data, env)
+    if origins:
+        where += ", then the environment"
     try:
         return Config.model_validate(data, context={"env": env})
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(err) for err in exc.errors())
+        lines = "\n  ".join(describe_error(err) + _set_by(err, origins) for err in exc.errors())
         raise ConfigError(f"bad configuration ({where}):\n  {lines}") from None
+
+
+def _set_by(error: Mapping[str, Any], origins: Mapping[tuple[str, str], str]) -> str:
+    loc = tuple(str(part) for part in error["loc"][:2])
+    return f" [set by {origins[loc]}]" if len(loc) == 2 and loc in origins else ""  # type: ignore[index]

@@ -16,12 +16,19 @@ def models_from_flags(specs: Sequence[str], runtime: str, store_root: Path | Non
     """`--model [NAME=]PATH` entries as model configs (name defaults to the folder or file stem).
 
     PATH that does not exist but names a model pulled into the store (`store_root`) serves that.
+    A bad entry (no path, a name the config would refuse, a name used twice) is a ConfigError naming it.
     """
-    from edgeslm.config import ModelConfig
+    from pydantic import ValidationError
 
-    models = []
+    from edgeslm.config import ModelConfig, describe_error
+
+    models: list[Any] = []
+    given: dict[str, str] = {}  # name -> the --model entry that took it
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+        if not path.strip():
+            raise ConfigError(f"--model {spec!r}: no path; give a model folder, a .onnx/.tflite file or a pulled "
+                              "model's name, as PATH or NAME=PATH")
         path_obj = Path(path).expanduser()
         if not path_obj.exists() and store_root is not None and "/" not in path:
             from edgeslm.errors import StoreError
@@ -34,7 +41,17 @@ def models_from_flags(specs: Sequence[str], runtime: str, store_root: Path | Non
         if not path_obj.exists():
             raise ConfigError(f"--model {spec}: {path_obj} does not exist; give a model folder or a .onnx/.tflite file")
         stem = path_obj.name if path_obj.is_dir() else path_obj.stem
-        models.append(ModelConfig(name=name or stem, path=path_obj.resolve(), runtime=runtime))
+        try:
+            model = ModelConfig(name=name or stem, path=path_obj.resolve(), runtime=runtime)
+        except ValidationError as exc:
+            why = "; ".join(describe_error(error) for error in exc.errors())
+            hint = "" if name else " (the name comes from the folder or file; give one as NAME=PATH)"
+            raise ConfigError(f"--model {spec}: {why}{hint}") from None
+        if model.name in given:
+            raise ConfigError(f"--model {spec}: the name {model.name!r} is already taken by --model "
+                              f"{given[model.name]}; give each model its own name with NAME=PATH")
+        given[model.name] = spec
+        models.append(model)
     return models
 
 

@@ -87,3 +87,42 @@ def test_spin_defaults_to_spinning_inside_runs_and_reads_old_booleans(tmp_path, 
     line = f"spin = {given}\n" if given else ""
     config = load_config(write(tmp_path, f'[[models]]\nname = "a"\npath = "x"\n{line}'), env={})
     assert config.models[0].spin == mode
+
+
+@pytest.mark.parametrize("raw, uids", [("1000", (1000,)), ("1000, 1001", (1000, 1001)), ("[1000, 1001]", (1000, 1001))])
+def test_a_list_setting_from_the_environment_takes_one_value_commas_or_a_toml_list(raw, uids):
+    assert load_config(env={"EDGESLM_ACCESS_ALLOW_UIDS": raw}).access.allow_uids == uids
+
+
+def test_a_bad_environment_value_names_its_variable():
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"EDGESLM_SERVER_MAX_INPUTS": "abc"})
+    message = str(caught.value)
+    assert "(defaults, then the environment)" in message
+    assert "server.max_inputs:" in message and "[set by EDGESLM_SERVER_MAX_INPUTS]" in message
+
+
+def test_a_missing_config_from_the_environment_says_to_unset_it(tmp_path):
+    with pytest.raises(ConfigError, match="create it or unset EDGESLM_CONFIG"):
+        load_config(env={"EDGESLM_CONFIG": str(tmp_path / "absent.toml")})
+    with pytest.raises(ConfigError, match="create it or drop --config"):
+        load_config(tmp_path / "absent.toml", env={})
+
+
+def test_client_commands_refuse_a_named_config_that_is_bad(tmp_path, monkeypatch):
+    from edgeslm.client import find_socket
+
+    monkeypatch.delenv("EDGESLM_SOCKET", raising=False)
+    monkeypatch.delenv("EDGESLM_CONFIG", raising=False)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[server]\nsocket_pth = "x"\n')
+    with pytest.raises(ConfigError, match="server.socket_pth: unknown key"):
+        find_socket(config_path=typo)
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_socket(config_path=tmp_path / "absent.toml")
+    monkeypatch.setenv("EDGESLM_CONFIG", str(typo))
+    with pytest.raises(ConfigError, match="unknown key"):
+        find_socket()
+    good = tmp_path / "good.toml"
+    good.write_text(f'[server]\nsocket_path = "{tmp_path / "d.sock"}"\n')
+    assert find_socket(config_path=good) == tmp_path / "d.sock"

@@ -111,3 +111,20 @@ def test_environment_overrides_work_in_a_fresh_interpreter(tmp_path, variable, v
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert expect in done.stdout
+
+
+@pytest.mark.parametrize("specs, says", [
+    (["bad name={intents}"], "--model bad name={intents}: name: use letters, digits, '.', '_' and '-'"),
+    (["{spaced}"], "(the name comes from the folder or file; give one as NAME=PATH)"),
+    (["x="], "--model 'x=': no path"),
+    (["a={intents}", "a={intents}"], "the name 'a' is already taken by --model a={intents}"),
+])
+def test_bad_model_flags_are_config_errors_naming_the_flag(tmp_path, specs, says):
+    from edgeslm.cli.serve import models_from_flags
+
+    intents = Path(__file__).resolve().parents[2] / "models" / "intents"
+    spaced = tmp_path / "my model"
+    spaced.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        models_from_flags([s.format(intents=intents, spaced=spaced) for s in specs], "auto")
+    assert says.format(intents=intents) in str(caught.value)
