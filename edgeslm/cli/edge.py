@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeslm.cli.query import _client, _socket_arg
-from edgeslm.errors import ConfigError
+from edgeslm.events import KINDS
+
+EX_NOINPUT = 66  # sysexits: an input file is missing or unreadable (2 already means "nothing matched")
 
 
 def cmd_gpio_press(args: argparse.Namespace) -> int:
@@ -52,6 +54,27 @@ def describe(kind: str, event: dict[str, Any]) -> str:
     return f"{kind:<8} {rest}"
 
 
+def kinds_arg(text: str) -> str:
+    """--kinds, checked here: the daemon would refuse an unknown kind too, but only after connecting."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(map(repr, unknown))}; valid kinds: "
+                                         f"{', '.join(KINDS)}")
+    return ",".join(kinds)
+
+
+def count_arg(text: str) -> int:
+    """--count: a whole number of at least 1 (leave the flag out to follow the events without end)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of at least 1; leave --count out to never stop")
+    return count
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     query = []
     if args.kinds:
@@ -64,7 +87,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         event = json.loads(data)
         print(data if args.json else describe(kind, event), flush=True)
         seen += 1
-        if args.count and seen >= args.count:
+        if args.count is not None and seen >= args.count:
             break
     return 0
 
@@ -73,7 +96,9 @@ def cmd_voice(args: argparse.Namespace) -> int:
     try:
         audio = sys.stdin.buffer.read() if str(args.wav) == "-" else Path(args.wav).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {args.wav}: {exc.strerror}") from None
+        print(f"edgeslm voice: cannot read {args.wav}: {exc.strerror}; give the path of a 16 kHz mono WAV "
+              "('-' reads stdin)", file=sys.stderr)
+        return EX_NOINPUT
     path = "/v1/audio/intent" + ("?act=false" if args.no_action else "")
     answer = _client(args).request("POST", path, content=audio, headers={"Content-Type": "audio/wav"})
     print(json.dumps(answer, indent=2) if args.json else describe(answer["status"], answer))
@@ -107,17 +132,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "latency per stage), actions, errors and model state. Ctrl-C stops.",
         epilog="examples:\n  edgeslm listen\n  edgeslm listen --kinds intent,no_match --json\n"
                "  edgeslm listen --since 0      # the recent events the daemon kept, then new ones")
-    listen.add_argument("--kinds", help="comma-separated kinds to show (button, listening, intent, no_match, busy, "
-                                        "action, event, classify, error, model)")
+    listen.add_argument("--kinds", type=kinds_arg, help=f"comma-separated kinds to show ({', '.join(KINDS)})")
     listen.add_argument("--since", type=int, metavar="ID", help="first replay kept events after this id")
-    listen.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
+    listen.add_argument("--count", type=count_arg, metavar="N", help="stop after N events, N >= 1 (default: never)")
     _socket_arg(listen)
     listen.set_defaults(func=cmd_listen)
 
     voice = sub.add_parser(
         "voice", help="run a WAV through the voice pipeline (VAD, speech, intent, action)", formatter_class=FORMATTER,
         description="POST a 16 kHz mono 16-bit WAV to /v1/audio/intent and print what was heard and done.\n"
-                    "Exit status 2 when nothing matched.",
+                    "Exit status 2 when nothing matched, 66 when the WAV cannot be read.",
         epilog="examples:\n  espeak-ng -w cmd.wav \"turn on the light\" && sox cmd.wav -r 16000 -c 1 -b 16 c16.wav\n"
                "  edgeslm voice c16.wav\n  edgeslm voice c16.wav --no-action --json")
     voice.add_argument("wav", help="the WAV file ('-' reads stdin)")

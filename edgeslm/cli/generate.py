@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeslm.errors import ConfigError
+from edgeslm.errors import BadInputError
 
 EXIT_WORDS = {"/exit", "/quit", "/bye"}
 
@@ -42,17 +42,28 @@ def _client(args: argparse.Namespace):
     return Client(find_socket(args.socket, args.config), timeout_s=600)
 
 
-def _stream_text(client: Any, path: str, body: dict[str, Any], chat: bool) -> tuple[str, str | None, dict | None]:
+def _stream_text(client: Any, path: str, body: dict[str, Any], chat: bool, prefix: str = ""
+                 ) -> tuple[str, str | None, dict | None]:
+    """Print the reply as it streams: `prefix` first, once the reply starts (an error before then prints none),
+    and a newline after it, even when the stream breaks off with an error."""
     parts, reason, usage = [], None, None
-    for event in client.stream(path, {**body, "stream_options": {"include_usage": True}}):
-        if event.get("usage"):
-            usage = event["usage"]
-        for choice in event.get("choices", []):
-            text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-            if text:
-                parts.append(text)
-                print(text, end="", flush=True)
-            reason = choice.get("finish_reason") or reason
+    started = False
+    try:
+        for event in client.stream(path, {**body, "stream_options": {"include_usage": True}}):
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                reason = choice.get("finish_reason") or reason
+                if not started and (text or reason):
+                    print(prefix, end="", flush=True)
+                    started = True
+                if text:
+                    parts.append(text)
+                    print(text, end="", flush=True)
+    finally:
+        if started:
+            print(flush=True)
     return "".join(parts), reason, usage
 
 
@@ -61,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt or prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
-        raise ConfigError("give a prompt as arguments, or on stdin with '-'")
+        raise BadInputError("give a prompt as arguments, or on stdin with '-'")
     body = {**_body(args), "prompt": prompt}
     client = _client(args)
     if args.no_stream:
@@ -70,7 +81,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         reason, usage = answer["choices"][0]["finish_reason"], answer["usage"]
     else:
         _, reason, usage = _stream_text(client, "/v1/completions", body, chat=False)
-        print()
     if args.verbose and usage:
         print(f"[{reason}; {usage['prompt_tokens']} prompt + {usage['completion_tokens']} generated tokens]",
               file=sys.stderr)
@@ -99,9 +109,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.strip()})
-        print("assistant> ", end="", flush=True)
-        reply, _, _ = _stream_text(client, "/v1/chat/completions", {**_body(args), "messages": messages}, chat=True)
-        print(flush=True)
+        reply, _, _ = _stream_text(client, "/v1/chat/completions", {**_body(args), "messages": messages}, chat=True,
+                                   prefix="assistant> ")
         messages.append({"role": "assistant", "content": reply})
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from edgeslm.errors import ConfigError
+from edgeslm.errors import BadInputError, EdgeslmError
+
+API_TRUNCATE_FIX = 'send "truncate": true'  # the daemon's fix for an over-long text, worded for HTTP clients
 
 
 def _socket_arg(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +52,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
     if not texts or texts == ["-"]:
         texts = [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
-        raise ConfigError("give at least one text as an argument, or lines on stdin with '-'")
+        raise BadInputError("give at least one text as an argument, or lines on stdin with '-'")
     return texts
 
 
@@ -58,7 +61,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     body = {"input": texts, "top_k": args.top_k, "truncate": not args.no_truncate}
     if args.model:
         body["model"] = args.model
-    answer = _client(args).post("/v1/classify", body)
+    try:
+        answer = _client(args).post("/v1/classify", body)
+    except EdgeslmError as exc:
+        if not args.no_truncate:
+            raise
+        raise _for_command_line(exc) from None
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -67,6 +75,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
         flag = "  (truncated)" if item["truncated"] else ""
         print(f"{item['label']:<16} {item['score']:.3f}  {text}{flag}" + (f"   [{others}]" if others else ""))
     return 0
+
+
+def _for_command_line(exc: EdgeslmError) -> EdgeslmError:
+    """A too-long-text error with the command line's fix (drop --no-truncate) instead of the HTTP API's."""
+    if API_TRUNCATE_FIX not in exc.message:
+        return exc
+    message = exc.message.replace(API_TRUNCATE_FIX, "drop --no-truncate (the text is then cut, and flagged)")
+    index = re.fullmatch(r"input\[(\d+)\]", exc.param or "")
+    if index:  # the CLI's user gave texts, not an "input" list
+        message = message.replace(index.group(0), f"text {int(index.group(1)) + 1}", 1)
+    return BadInputError(message, param=exc.param, code=exc.code)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -53,7 +54,17 @@ def load_stats(args: argparse.Namespace) -> tuple[dict, Path, list[dict]]:
     stats = compute_stats(records, since_wall=since, model=args.model, now=now)
     stats["dir"] = str(folder)
     stats.update(counts)
+    if args.model is not None and args.model not in stats["recorded_models"]:
+        note = unmatched_model_note(args.model, stats["recorded_models"], args.since)
+        print(f"edgeslm {getattr(args, 'command', 'stats')}: {note}", file=sys.stderr)
     return stats, folder, records
+
+
+def unmatched_model_note(model: str, recorded: list[str], since: str | None) -> str:
+    """Why --model left nothing: an empty table alone reads as "that model was never asked anything"."""
+    window = f" since {since}" if since else ""
+    others = f"models with records: {', '.join(recorded)}" if recorded else "no model has any"
+    return f"no request records match model {model!r}{window}; {others}"
 
 
 def _fmt(value: object, spec: str = "") -> str:
@@ -82,7 +93,7 @@ def _mj(joules: float | None) -> str:
 def render(stats: dict) -> str:
     window = stats["window"]
     hours = window["seconds"] / 3600
-    lines = [f"edgeslm stats: {window['from'] or '-'} .. {window['to']} ({hours:.2f} h) from {stats['dir']}"
+    lines = [f"edgeslm stats: {window['from'] or '-'} .. {window['to'] or '-'} ({hours:.2f} h) from {stats['dir']}"
              + (f", {stats['bad_lines']} torn line(s) skipped" if stats.get("bad_lines") else ""), ""]
     header = ["MODEL", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P95 MS", "P99 MS", "mJ/INF", "MARGINAL mJ/INF"]
     rows = [header] + [_request_row(name, s) for name, s in stats["models"].items()]

@@ -106,8 +106,13 @@ def summarise_power(samples: list[dict]) -> dict:
 
 def compute_stats(records: Iterable[dict], *, since_wall: float | None = None, model: str | None = None,
                   now: float | None = None) -> dict:
-    """The whole summary: overall, per model and per UTC hour, plus power and throttling."""
+    """The whole summary: overall, per model and per UTC hour, plus power and throttling.
+
+    `recorded_models` names every model with request records in the window, whatever `model` is, so a
+    filter that matched nothing can say which names would have matched.
+    """
     requests, samples = [], []
+    recorded: set[str] = set()
     for record in records:
         ts = record.get("ts")
         if not isinstance(ts, str):
@@ -118,8 +123,10 @@ def compute_stats(records: Iterable[dict], *, since_wall: float | None = None, m
             continue
         if since_wall is not None and record["_wall"] < since_wall:
             continue
-        if record.get("kind") == "request" and (model is None or record.get("model") == model):
-            requests.append(record)
+        if record.get("kind") == "request":
+            recorded.add(str(record.get("model", "?")))
+            if model is None or record.get("model") == model:
+                requests.append(record)
         elif record.get("kind") == "sample":
             samples.append(record)
     walls = [r["_wall"] for r in requests + samples]
@@ -149,6 +156,7 @@ def compute_stats(records: Iterable[dict], *, since_wall: float | None = None, m
     return {
         "window": {"from": iso(start) if start is not None else None, "to": iso(end), "seconds": round(seconds, 3)},
         "model": model,
+        "recorded_models": sorted(recorded),
         "overall": summarise_requests(requests, seconds, idle_w),
         "models": {name: summarise_requests(rs, seconds, idle_w) for name, rs in sorted(by_model.items())},
         "hours": hours,

@@ -4,18 +4,55 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeslm.server.schemas import OpenAIRequest
+# OpenAI request fields edgeslm does not implement -> what they ask for. Sent with a value, one is a 400 naming it:
+# ignoring `tools` or a JSON `response_format` would quietly answer a different question than the one asked.
+UNSUPPORTED_FIELDS: dict[str, str] = {
+    "tools": "tool calling", "tool_choice": "tool calling", "parallel_tool_calls": "tool calling",
+    "functions": "function calling", "function_call": "function calling",
+    "response_format": 'structured output (JSON mode, JSON schema); only {"type": "text"} is accepted',
+    "logit_bias": "logit bias", "top_logprobs": "log probabilities", "best_of": "best-of sampling",
+    "modalities": "output other than text", "audio": "audio", "prediction": "predicted outputs",
+    "reasoning_effort": "reasoning", "web_search_options": "web search", "service_tier": "service tiers",
+    "store": "stored completions",
+    # message fields
+    "tool_calls": "tool calling", "tool_call_id": "tool calling", "refusal": "refusals", "annotations": "annotations",
+}
+# Values that mean "not asked for": clients that serialise every field they have (an SDK message's model_dump(),
+# frameworks with full parameter objects) send these, and they ask for nothing edgeslm lacks.
+_UNSET: tuple[Any, ...] = (None, False, [], {})
+_DEFAULTS: dict[str, tuple[Any, ...]] = {"response_format": ({"type": "text"},), "modalities": (["text"],),
+                                         "best_of": (1,), "service_tier": ("auto", "default")}
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+def _unset(name: str, value: Any) -> bool:
+    return value in _UNSET or value in _DEFAULTS.get(name, ())
 
+
+class OpenAIBody(BaseModel):
+    """extra="forbid": a field edgeslm does not know is a 400 naming it, as the README promises.
+
+    A field of UNSUPPORTED_FIELDS whose value asks for nothing (null, false, [], {} or its OpenAI default) is
+    dropped before validation; any other value of it is refused (completions.py words the error).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unset_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not UNSUPPORTED_FIELDS.keys().isdisjoint(data):
+            return {k: v for k, v in data.items() if not (k in UNSUPPORTED_FIELDS and _unset(k, v))}
+        return data
+
+
+class StreamOptions(OpenAIBody):
     include_usage: bool = Field(False, description="send a last chunk with the token usage")
+    include_obfuscation: bool = Field(True, description="accepted and ignored: edgeslm adds no obfuscation padding")
 
 
-class SamplingFields(OpenAIRequest):
+class SamplingFields(OpenAIBody):
     """Fields both endpoints share."""
 
     model: str | None = Field(None, description="model name; default: the first loaded model that generates")
@@ -34,6 +71,9 @@ class SamplingFields(OpenAIRequest):
     stream: bool = Field(False, description="send server-sent events as tokens arrive, then data: [DONE]")
     stream_options: StreamOptions | None = None
     logprobs: Any = Field(None, description="not supported: leave it out")
+    # Accepted and ignored: labels for the caller's own bookkeeping that change nothing in the answer.
+    user: str | None = Field(None, description="accepted and ignored: an end-user id for the caller's logs")
+    metadata: dict[str, str] | None = Field(None, description="accepted and ignored: key-value tags")
 
 
 class CompletionRequest(SamplingFields):
@@ -44,18 +84,15 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = Field(None, description="not supported: leave it out")
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
+class TextPart(OpenAIBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
+class ChatMessage(OpenAIBody):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+    name: str | None = Field(None, description="accepted and ignored: the chat template has no place for names")
 
 
 class ChatRequest(SamplingFields):

@@ -7,7 +7,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -16,10 +16,10 @@ from starlette.responses import Response, StreamingResponse
 
 from edgeslm.config import Config
 from edgeslm.core.sampling import SamplingParams
-from edgeslm.errors import BadInputError, CancelledError, DeadlineError, EdgeslmError
+from edgeslm.errors import BadInputError, CancelledError, DeadlineError, EdgeslmError, UnknownModelError
 from edgeslm.metrics.recorder import Recorder, RequestCall
 from edgeslm.server.bridge import json_response, parse, read_body
-from edgeslm.server.completion_schemas import ChatRequest, CompletionRequest, SamplingFields
+from edgeslm.server.completion_schemas import UNSUPPORTED_FIELDS, ChatRequest, CompletionRequest, SamplingFields
 from edgeslm.tasks.generate import Generation, GenerationEvent, GenerationRequest
 from edgeslm.tasks.llm import GenerativeModel
 from edgeslm.tasks.served import ModelRegistry
@@ -27,6 +27,20 @@ from edgeslm.tasks.served import ModelRegistry
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_STOPS = 4
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SAMPLE_LLM = "smollm2-135m"  # the catalogue's generation model, named in the hint when none is served
+_M = TypeVar("_M", bound=SamplingFields)
+
+
+def _parse_body(schema: type[_M], raw: bytes) -> _M:
+    """parse(), with a refused OpenAI feature (tools, response_format, ...) named as one edgeslm lacks."""
+    try:
+        return parse(schema, raw)
+    except BadInputError as exc:
+        name = (exc.param or "").rsplit(".", 1)[-1]
+        if name not in UNSUPPORTED_FIELDS:
+            raise
+        raise BadInputError(f"{exc.param} is not supported: edgeslm has no {UNSUPPORTED_FIELDS[name]}; leave it out",
+                            param=exc.param, code="unsupported_field") from None
 
 
 def _unsupported(body: SamplingFields) -> None:
@@ -78,12 +92,27 @@ class Completions:
         self.recorder = recorder
 
     def _model(self, name: str | None) -> GenerativeModel:
+        if (name is None or name in self.registry.models) and \
+                not any("generate" in m.tasks for m in self.registry.models.values()):
+            raise self._no_generator(name)
         model = self.registry.get(name, "generate")
         assert isinstance(model, GenerativeModel)
         return model
 
+    def _no_generator(self, name: str | None) -> EdgeslmError:
+        """The error when no served model generates: the registry's advice (name another model) cannot help."""
+        failed = f"; models that failed to load: {', '.join(self.registry.failed)} (`edgeslm models` says why)" \
+            if self.registry.failed else ""
+        fix = (f"pull one and serve it: `edgeslm pull {SAMPLE_LLM}`, then `edgeslm serve --model {SAMPLE_LLM}` "
+               f"(or add [[models]] store = \"{SAMPLE_LLM}\" to the config)")
+        if name is None:
+            return UnknownModelError(f"no generation model is being served{failed}; {fix}", param="model")
+        tasks = ", ".join(self.registry.models[name].tasks)
+        return BadInputError(f"model {name!r} does not generate text (it serves {tasks}) and no generation model is "
+                             f"being served{failed}; {fix}", param="model", code="wrong_task")
+
     async def completions(self, request: Request) -> Response:
-        body = parse(CompletionRequest, await read_body(request, self.server.max_body_bytes))
+        body = _parse_body(CompletionRequest, await read_body(request, self.server.max_body_bytes))
         _unsupported(body)
         if body.echo or body.suffix:
             raise BadInputError("echo and suffix are not supported; leave them out", param="echo")
@@ -102,7 +131,7 @@ class Completions:
         return await self._respond(request, model, body, ids, max_tokens, chat=False)
 
     async def chat(self, request: Request) -> Response:
-        body = parse(ChatRequest, await read_body(request, self.server.max_body_bytes))
+        body = _parse_body(ChatRequest, await read_body(request, self.server.max_body_bytes))
         _unsupported(body)
         model = self._model(body.model)
         messages = []

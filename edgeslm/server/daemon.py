@@ -41,8 +41,9 @@ class DaemonServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, *, notifier: Notifier | None = None,
                  status: Callable[[], str] = lambda: "serving", inflight: InFlight | None = None,
-                 reloader: Reloader | None = None, hangups: list[int] | None = None):
+                 reloader: Reloader | None = None, hangups: list[int] | None = None, stops: list[int] | None = None):
         super().__init__(config)
+        self.stops = stops if stops is not None else []  # SIGINT/SIGTERMs seen before serving began
         self.notifier = notifier or Notifier({})
         self.status, self.inflight, self.reloader = status, inflight, reloader
         self.hangups = hangups if hangups is not None else []  # SIGHUPs seen before serving began
@@ -62,6 +63,9 @@ class DaemonServer(uvicorn.Server):
         handlers: dict[int, Any] = {signal.SIGINT: self.handle_exit, signal.SIGTERM: self.handle_exit,
                                     signal.SIGHUP: self.handle_reload}
         self._previous_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        if self.stops:
+            self.should_exit = True
+            log.info("signal %s arrived during start-up: stopping", signal.Signals(self.stops[0]).name)
         try:
             yield
         finally:
@@ -164,6 +168,42 @@ def status_text(registry: ModelRegistry) -> str:
     return f"serving {serving}{failed}"
 
 
+class StartupInterrupted(BaseException):
+    """SIGINT/SIGTERM while models load: start-up is abandoned and what was opened is closed. A BaseException,
+    like KeyboardInterrupt, so that code catching a model's load errors does not take it for one."""
+
+
+@contextlib.contextmanager
+def _stops_before_serving() -> Iterator[tuple[list[int], Callable[[], None]]]:
+    """Until the server takes the signals, SIGINT/SIGTERM stop start-up cleanly instead of killing it.
+
+    While models load, the signal raises StartupInterrupted (serve closes what was opened, removes the
+    socket and exits 0). Once `serving_soon()` is called it is only remembered, and the server, when it
+    starts, stops at once (DaemonServer.capture_signals).
+    """
+    stops: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stops, lambda: None
+        return
+    soon = False
+
+    def stop(sig: int, frame: object) -> None:
+        stops.append(sig)
+        if not soon:
+            raise StartupInterrupted(signal.Signals(sig).name)
+
+    def serving_soon() -> None:
+        nonlocal soon
+        soon = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stops, serving_soon
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def _hangups_remembered() -> Iterator[list[int]]:
     """While models load, a SIGHUP (the default action kills) is remembered so the reload happens after."""
@@ -220,62 +260,67 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
         inode = socket_inode(path)
         where = f"{path} (mode {server_config.socket_mode:04o})"
     registry = edge = metrics = server = None
-    try:
-        with _hangups_remembered() as hangups:
-            fingerprints = {model.name: fingerprint(model) for model in config.models}
-            registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
-            metrics = open_metrics(config, registry)
-            edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
-            app = build_app(registry, config, edge, metrics)
-            inflight = InFlight(app)
-            uv_config = uvicorn.Config(
-                inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
-                log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
-                server_header=False, date_header=False, log_config=None,
-                proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
-            )
-            status = functools.partial(status_text, registry)
-            bus = edge.bus
+    with _stops_before_serving() as (stops, serving_soon):
+        try:
+            with _hangups_remembered() as hangups:
+                fingerprints = {model.name: fingerprint(model) for model in config.models}
+                registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
+                metrics = open_metrics(config, registry)
+                edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
+                app = build_app(registry, config, edge, metrics)
+                inflight = InFlight(app)
+                uv_config = uvicorn.Config(
+                    inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
+                    log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
+                    server_header=False, date_header=False, log_config=None,
+                    proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
+                )
+                status = functools.partial(status_text, registry)
+                bus = edge.bus
 
-            def reloaded(outcome: ReloadOutcome) -> None:
-                publish_outcome(bus, outcome)
-                notifier.ready(status())
+                def reloaded(outcome: ReloadOutcome) -> None:
+                    publish_outcome(bus, outcome)
+                    notifier.ready(status())
 
-            reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
-                                api=app.state.api, access=policy, fingerprints=fingerprints,
-                                on_reloading=notifier.reloading, on_done=reloaded)
-            app.state.reloader = reloader
-            server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
-                                  reloader=reloader, hangups=hangups)
-            edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
-            print(f"edgeslm {__version__} listening on {where}", file=out)
-            for line in _describe_models(registry) + edge.describe():
-                print(line, file=out)
-            print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
-            if not registry.models:
-                print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
-            if policy.restricted:
-                print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
-                      f"uid {policy.own_uid}; others get 403", file=out)
-            first = socket_name(sockets[0])
-            print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
-                  file=out, flush=True)
-            settle_collector()
-            server.run(sockets=sockets)
-            log.info("closing models")
-    finally:
-        if edge is not None:
-            edge.close()
-        if registry is not None:
-            registry.close(timeout_s=server_config.shutdown_timeout_s)
-        if metrics is not None:
-            metrics.close()  # after the models: records of the last requests are in the recorder by now
-        for sock in sockets:
-            sock.close()
-        if inode is not None:
-            remove_socket(path, inode)
-        notifier.close()
-        if server is not None:
-            server.release_signals()  # held since serving ended (DaemonServer.capture_signals)
+                reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
+                                    api=app.state.api, access=policy, fingerprints=fingerprints,
+                                    on_reloading=notifier.reloading, on_done=reloaded)
+                app.state.reloader = reloader
+                server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
+                                      reloader=reloader, hangups=hangups, stops=stops)
+                edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
+                print(f"edgeslm {__version__} listening on {where}", file=out)
+                for line in _describe_models(registry) + edge.describe():
+                    print(line, file=out)
+                print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
+                if not registry.models:
+                    print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
+                if policy.restricted:
+                    print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
+                          f"uid {policy.own_uid}; others get 403", file=out)
+                first = socket_name(sockets[0])
+                print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
+                      file=out, flush=True)
+                settle_collector()
+                serving_soon()
+                server.run(sockets=sockets)
+                log.info("closing models")
+        except StartupInterrupted as interrupted:
+            print(f"{interrupted} during start-up: stopping", file=out, flush=True)
+        finally:
+            serving_soon()  # from here a signal is only logged: closing must finish
+            if edge is not None:
+                edge.close()
+            if registry is not None:
+                registry.close(timeout_s=server_config.shutdown_timeout_s)
+            if metrics is not None:
+                metrics.close()  # after the models: records of the last requests are in the recorder by now
+            for sock in sockets:
+                sock.close()
+            if inode is not None:
+                remove_socket(path, inode)
+            notifier.close()
+            if server is not None:
+                server.release_signals()  # held since serving ended (DaemonServer.capture_signals)
     print("edgeslm stopped", file=out, flush=True)
     return 0

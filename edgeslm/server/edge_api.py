@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeslm.config import Config
 from edgeslm.errors import BadInputError, DeadlineError, GpioError, VoiceUnavailableError
-from edgeslm.events import Event, Subscription
+from edgeslm.events import KINDS, Event, Subscription
 from edgeslm.server.bridge import endpoint, json_response, parse, read_body
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_schemas import PressRequest
@@ -24,10 +24,32 @@ from edgeslm.voice.wav import read_wav, wav_from_multipart
 KEEPALIVE_S = 15.0
 SHUTDOWN_POLL_S = 0.5
 INFERENCE_PATHS = ("/v1/classify", "/v1/embeddings", "/v1/completions", "/v1/chat/", "/v2/models/")
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
 def sse(event: Event) -> bytes:
     return (f"id: {event.id}\nevent: {event.kind}\ndata: ".encode() + orjson.dumps(event.as_dict()) + b"\n\n")
+
+
+def parse_kinds(text: str) -> list[str]:
+    """The kinds of `?kinds=a,b`; an unknown one is a 400, because a filter that matches nothing streams silence."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise BadInputError(f"kinds has unknown kind(s) {', '.join(map(repr, unknown))}; valid kinds: "
+                            f"{', '.join(KINDS)}", param="kinds")
+    return kinds
+
+
+def query_flag(request: Request, name: str, default: bool) -> bool:
+    """A yes/no query parameter; anything but a clear spelling is a 400, so a typo never flips the default."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise BadInputError(f"{name} is {text!r}; give true or false (also 1/0, yes/no)", param=name)
 
 
 class EdgeApi:
@@ -37,7 +59,7 @@ class EdgeApi:
         self.edge, self.server = edge, config.server
 
     async def events(self, request: Request) -> Response:
-        kinds = [k for k in request.query_params.get("kinds", "").split(",") if k.strip()]
+        kinds = parse_kinds(request.query_params.get("kinds", ""))
         since_text = request.query_params.get("since") or request.headers.get("last-event-id")
         since = None
         if since_text is not None:
@@ -81,11 +103,11 @@ class EdgeApi:
         if voice is None:
             raise VoiceUnavailableError("voice commands are not configured; add [[voice.intents]] and "
                                         "[voice.vad] model_path to the config")
+        act = query_flag(request, "act", default=True)
         body = await read_body(request, self.server.max_body_bytes)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             body = wav_from_multipart(body, content_type)
-        act = request.query_params.get("act", "true").lower() not in ("false", "0", "no")
         config = self.edge.voice_config
         samples = read_wav(body, sample_rate=config.sample_rate_hz, max_seconds=config.max_seconds)
         try:

@@ -33,11 +33,16 @@ class Daemon:
                      "--socket", str(self.socket), *extra_args)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60) -> Daemon:
+    def start_process(self) -> subprocess.Popen:
+        """Start it without waiting for it to serve."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")} | self.extra_env
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      env=env)
+        return self.proc
+
+    def start(self, timeout_s: float = 60) -> Daemon:
+        self.start_process()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -83,6 +84,32 @@ def test_cli_classify_and_models(daemon):
     assert [d["label"] for d in as_json["data"]] == ["lights_on", "what_time"]
     embedded = json.loads(run("embed", "--json", "--model", "intents", PHRASE).stdout)
     assert len(embedded["data"][0]["embedding"]) > 8
+
+
+def test_cli_errors_give_the_command_line_fix(daemon, capsys, monkeypatch):
+    from edgeslm.cli import main
+
+    sock = ["--socket", str(daemon.socket)]
+    assert main(["classify", "--no-truncate", "word " * 400, *sock]) == 1
+    err = capsys.readouterr().err
+    assert "text 1 is" in err and "drop --no-truncate" in err and '"truncate"' not in err, err
+    assert main(["generate", "hi", *sock]) == 1  # this daemon serves classifiers only
+    err = capsys.readouterr().err
+    assert "no generation model is being served" in err and "`edgeslm pull smollm2-135m`" in err, err
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", *sock]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "no generation model is being served" in err  # no "assistant> " before the error
+
+
+def test_cli_listen_stops_after_count_events_of_the_kinds_asked(daemon, capsys):
+    from edgeslm.cli import main
+
+    # The daemon published a "model" event per model at start and keeps them for --since 0.
+    assert main(["listen", "--since", "0", "--kinds", "model, error", "--count", "2", "--json",
+                 "--socket", str(daemon.socket)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["kind"] for e in events] == ["model", "model"]
 
 
 def test_cli_reports_a_missing_daemon_clearly(tmp_path):
@@ -244,6 +271,24 @@ def test_a_second_sigterm_while_closing_still_writes_the_records_and_removes_the
                for line in path.read_text().splitlines()]
     answered = [r for r in records if r.get("task") == "classify" and r.get("status") == "ok"]
     assert len(answered) == 3, records
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_models_load_stops_cleanly(tmp_path, sig):
+    # Three models take a second or more to load; the socket is bound before they do, so the signal sent as
+    # soon as it appears lands while they load (or, on a fast machine, just after): a clean stop either way.
+    config = "".join(f'[[models]]\nname = "{name}"\npath = "{INTENTS / file}"\n' for name, file in
+                     (("a", "model.onnx"), ("b", "model.tflite"), ("c", "model_buckets.tflite")))
+    d = Daemon(tmp_path, config)
+    d.start_process()
+    deadline = time.monotonic() + 60
+    while not d.socket.exists():
+        assert d.proc.poll() is None and time.monotonic() < deadline, d.output()
+        time.sleep(0.005)
+    d.proc.send_signal(sig)
+    assert d.proc.wait(60) == 0, d.output()
+    assert not d.socket.exists()
+    assert "edgeslm stopped" in d.output() and "Traceback" not in d.output()
 
 
 def test_bad_config_exits_78_naming_the_key(tmp_path):

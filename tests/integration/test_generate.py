@@ -131,6 +131,19 @@ def test_client_errors_are_4xx_naming_the_field(sdk, llm_daemon):
             assert r.json()["error"]["message"]
 
 
+def test_unsupported_openai_features_are_refused_not_ignored(sdk):
+    messages = [{"role": "user", "content": "hi"}]
+    for extra, param in [({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+                         ({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"extra_body": {"frobnicate": 1}}, "frobnicate")]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, **extra)
+        assert refused.value.body["param"] == param
+    reply = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, user="u-1",
+                                        response_format={"type": "text"})
+    assert reply.choices[0].finish_reason in ("length", "stop")  # fields that ask for nothing are accepted
+
+
 def disconnect_mid_stream(daemon: Daemon, max_tokens: int, model: str = MODEL) -> dict:
     """Start a long stream, leave after its first chunk, wait for the slot to be free; the model's info after."""
     before = sum(model_info(daemon, model)["finished"].values())

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edgeslm.cli import main
 from edgeslm.config import ClassifyAction, CommandAction, Config, EventAction, GpioConfig, ModelConfig, OutputAction
 from edgeslm.events import EventBus
 from edgeslm.hw.clock import ManualScheduler
@@ -19,6 +20,7 @@ from edgeslm.hw.gpio.mock import MockBackend
 from edgeslm.runtime.fake import FakeEngine
 from edgeslm.server.app import build_app
 from edgeslm.server.edge import EdgeServices
+from edgeslm.server.edge_api import parse_kinds
 from edgeslm.tasks.served import ModelRegistry, ServedModel
 from edgeslm.voice.actions import ActionRunner
 from edgeslm.voice.pipeline import VoiceResult
@@ -130,6 +132,47 @@ def test_edge_endpoints_without_hardware_say_what_is_missing():
     assert call(edge, "GET", "/v1/gpio").json() == {"backend": None, "triggers": [], "outputs": []}
     r = call(edge, "GET", "/v1/events?since=abc")
     assert r.status_code == 400 and r.json()["error"]["param"] == "since"
+
+
+def test_events_refuse_an_unknown_kind_naming_the_valid_ones():
+    r = call(EdgeServices.idle(), "GET", "/v1/events?kinds=intent,bogus")
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "kinds"
+    assert "'bogus'" in error["message"] and "valid kinds: button, listening, intent, no_match" in error["message"]
+    assert parse_kinds(" intent , no_match,") == ["intent", "no_match"]
+    assert parse_kinds("") == []
+
+
+def test_act_takes_only_a_clear_yes_or_no():
+    voice = FakeVoice()
+    edge = EdgeServices(EventBus(), voice=voice)  # type: ignore[arg-type]
+    for text, act in [("YES", True), ("0", False), ("False", False), ("1", True), ("no", False)]:
+        r = call(edge, "POST", f"/v1/audio/intent?act={text}", content=wav())
+        assert r.status_code == 200 and voice.clips[-1][1] is act, (text, r.text)
+    for text in ("maybe", "", "tru"):
+        r = call(edge, "POST", f"/v1/audio/intent?act={text}", content=wav())
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "act" and "give true or false" in error["message"], text
+    assert len(voice.clips) == 5  # the refused uploads never reached the pipeline
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--kinds", "intent,bogus"], "unknown kind(s) 'bogus'; valid kinds: button, listening"),
+    (["--count", "0"], "'0' is not a count of at least 1"),
+    (["--count", "-1"], "'-1' is not a count of at least 1"),
+    (["--count", "many"], "'many' is not a count of at least 1"),
+])
+def test_listen_refuses_bad_kinds_and_counts_before_connecting(tmp_path, capsys, argv, complaint):
+    with pytest.raises(SystemExit) as exited:
+        main(["listen", *argv, "--socket", str(tmp_path / "none.sock")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and complaint in err and "usage: edgeslm listen" in err
+
+
+def test_voice_with_a_missing_wav_exits_no_input_not_bad_config(tmp_path, capsys):
+    assert main(["voice", str(tmp_path / "missing.wav"), "--socket", str(tmp_path / "none.sock")]) == 66
+    err = capsys.readouterr().err
+    assert "edgeslm voice: cannot read" in err and "missing.wav" in err and "Traceback" not in err
 
 
 def test_press_endpoint_validates_its_body():

@@ -267,3 +267,96 @@ def test_a_request_alone_on_the_server_runs_inline_and_requests_together_go_to_t
     inline_before, inline_after_alone, inline_after_together = asyncio.run(go())
     assert inline_after_alone == inline_before + 1
     assert inline_after_together == inline_after_alone  # neither ran inline: they went to the batch worker
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("path, extra, param", [
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"logit_bias": {"50256": -100}}, "logit_bias"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+])
+def test_openai_features_edgeslm_lacks_are_400_naming_the_field(served, path, extra, param):
+    registry, _ = served
+    body = {**(CHAT if "chat" in path else {"prompt": "hi"}), **extra}
+    r = call(registry, "POST", path, json=body)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == param and error["code"] == "unsupported_field", r.text
+    assert error["message"].startswith(f"{param} is not supported: edgeslm has no ")
+
+
+@pytest.mark.parametrize("path, extra, param", [
+    ("/v1/chat/completions", {"frobnicate": 1}, "frobnicate"),
+    ("/v1/completions", {"frobnicate": 1}, "frobnicate"),
+    ("/v1/chat/completions", {"stream_options": {"include_usage": True, "colour": 1}}, "stream_options.colour"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi", "mood": "odd"}]}, "messages[0].mood"),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}]},
+     "messages[0].tool_calls"),
+])
+def test_unknown_completion_fields_are_400_naming_the_field(served, path, extra, param):
+    registry, _ = served
+    body = {**(CHAT if "chat" in path else {"prompt": "hi"}), **extra}
+    r = call(registry, "POST", path, json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.parametrize("extra", [
+    {"user": "u-1", "metadata": {"team": "a"}, "n": 1, "stream": False, "logprobs": False},
+    {"tools": None, "tool_choice": None, "functions": [], "logit_bias": {}, "response_format": {"type": "text"},
+     "parallel_tool_calls": False, "store": False},
+    {"messages": [{"role": "user", "content": "hi", "name": "ann"},  # an SDK reply's model_dump() sent back
+                  {"role": "assistant", "content": "hello", "refusal": None, "tool_calls": None,
+                   "function_call": None, "audio": None, "annotations": None}]},
+])
+def test_fields_that_ask_for_nothing_are_accepted(served, extra):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/chat/completions", json={**CHAT, **extra})
+    # Past validation: the fake registry has no generation model, which is the next thing checked.
+    assert r.status_code == 404 and "no generation model is being served" in r.json()["error"]["message"], r.text
+
+
+def test_without_a_generation_model_the_error_says_how_to_serve_one(served):
+    registry, _ = served
+    for path, body in [("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions", CHAT)]:
+        r = call(registry, "POST", path, json=body)
+        error = r.json()["error"]
+        assert r.status_code == 404 and error["param"] == "model" and "name one" not in error["message"]
+        assert "edgeslm pull smollm2-135m" in error["message"] and "edgeslm serve --model smollm2-135m" in \
+            error["message"]
+    r = call(registry, "POST", "/v1/completions", json={"model": "fake", "prompt": "hi"})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "wrong_task" and "edgeslm pull smollm2-135m" in error["message"]
+
+
+def test_the_openai_sdk_sends_nothing_the_schemas_refuse(served):
+    openai = pytest.importorskip("openai")
+    registry, _ = served
+    app = build_app(registry, Config(models=[]))
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def go():
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        sdk = openai.AsyncOpenAI(base_url="http://t/v1", api_key="unused", http_client=http, max_retries=0)
+        requests = [
+            lambda: sdk.chat.completions.create(model="fake", messages=messages),
+            lambda: sdk.chat.completions.create(model="fake", messages=messages, stream=True,
+                                                stream_options={"include_usage": True}),
+            lambda: sdk.completions.create(model="fake", prompt="hi"),
+            lambda: sdk.completions.create(model="fake", prompt="hi", stream=True),
+            lambda: sdk.chat.completions.create(model="fake", messages=messages, tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ]
+        errors = []
+        for request in requests:
+            with pytest.raises(openai.BadRequestError) as refused:
+                await request()
+            errors.append((refused.value.body["code"], refused.value.body["param"]))
+        await http.aclose()
+        return errors
+
+    # "fake" classifies: a body that passes validation is refused for the model's task, the last for its tools.
+    assert asyncio.run(go()) == [("wrong_task", "model")] * 4 + [("unsupported_field", "tools")]

@@ -87,6 +87,17 @@ def test_cli_stats_json_and_table(log_dir, capsys):
     assert "per hour (UTC)" in text and "idle 2.00 W" in text
 
 
+def test_cli_stats_for_a_model_without_records_says_so_and_names_those_with(log_dir, capsys):
+    folder, _ = log_dir
+    assert main(["stats", "--dir", str(folder), "--model", "nope"]) == 0
+    out, err = capsys.readouterr()
+    assert "edgeslm stats: no request records match model 'nope'; models with records: a, b" in err
+    assert "MODEL" in out  # the (empty) table still prints, for scripts that read it
+    assert main(["stats", "--dir", str(folder), "--model", "b", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["recorded_models"] == ["a", "b"]
+
+
 def test_cli_stats_without_records_says_where_it_looked(tmp_path, capsys):
     assert main(["stats", "--dir", str(tmp_path)]) == 1
     assert f"no metrics records in {tmp_path}" in capsys.readouterr().err
