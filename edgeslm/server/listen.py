@@ -72,7 +72,13 @@ def bind_unix_socket(path: Path, *, mode: int = 0o660, group: str | None = None,
         os.umask(old_umask)
     os.chmod(path, mode)
     if gid != -1:
-        os.chown(path, -1, gid)
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            sock.close()
+            path.unlink(missing_ok=True)
+            raise ConfigError(f"server.socket_group {group!r}: this user (uid {os.getuid()}) may not give the socket "
+                              f"to that group; add the user to it (usermod -aG {group} USER) or run as root") from None
     sock.listen(backlog)
     sock.setblocking(False)
     return sock

@@ -15,8 +15,11 @@ class Request(BaseModel):
 
 
 class OpenAIRequest(BaseModel):
-    # OpenAI clients send fields we do not use (user, ...); those are ignored, typed ones still checked.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # A field edgeslm does not know is a 400 naming it (as for every other body); `user`, which OpenAI clients
+    # may send, is accepted and ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user: str | None = Field(None, description="accepted and ignored: an end-user id for the caller's logs")
 
 
 class ClassifyRequest(Request):

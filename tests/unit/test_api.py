@@ -360,3 +360,11 @@ def test_the_openai_sdk_sends_nothing_the_schemas_refuse(served):
 
     # "fake" classifies: a body that passes validation is refused for the model's task, the last for its tools.
     assert asyncio.run(go()) == [("wrong_task", "model")] * 4 + [("unsupported_field", "tools")]
+
+
+def test_unknown_embeddings_fields_are_400_naming_the_field_and_user_is_accepted(served):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/embeddings", json={"model": "fake", "input": "turn on", "colour": "red"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "colour", r.text
+    r = call(registry, "POST", "/v1/embeddings", json={"model": "fake", "input": "turn on", "user": "kitchen-pi"})
+    assert r.status_code == 200, r.text
