@@ -75,7 +75,7 @@ class Context:
     import_module: Callable[[str], ModuleType] = importlib.import_module
     module_present: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
     open_gpio: Callable[[str], Any] | None = None  # opens a GPIO backend by name (default: edgeslm.hw.gpio)
-    open_vad: Callable[[Path, int], Any] | None = None  # opens the VAD (path, threads) (default: SileroVad.open)
+    open_vad: Callable[[Path, int], Any] | None = None  # opens the VAD (path, threads) (default: serve's open_vad)
     run: Callable[..., str] | None = None  # runs vcgencmd for the power check (default: the real one)
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     config: Any = None  # the loaded Config, once the config check has run

@@ -113,21 +113,21 @@ def check_voice(ctx: Context) -> Finding:
         return Finding("voice", "ok", "off (no [[voice.intents]])")
     path = ctx.path(voice.vad.model_path)
     try:
-        (ctx.open_vad or _open_vad)(path, voice.vad.threads).close()
-    except ModelLoadError as exc:
+        if ctx.open_vad is not None:
+            ctx.open_vad(path, voice.vad.threads).close()
+        else:
+            from edgeslm.server.edge import open_vad
+
+            open_vad(voice, path).close()  # serve's own opening, so the two agree word for word
+    except (ConfigError, ModelLoadError) as exc:
         store = voice.vad.model_path.parent.parent
         pull = (f"sudo edgeslm pull --store {store} silero-vad (the default model_path is the store's), or set "
                 if voice.vad.model_path.parent.name == "silero-vad" else "set ")
-        return Finding("voice", "fail", f"voice.vad.model_path: {exc}",
+        said = str(exc) if isinstance(exc, ConfigError) else f"voice.vad.model_path: {exc}"
+        return Finding("voice", "fail", said,
                        "The daemon loads the VAD at start-up and exits 78 without it; systemd does not retry.",
                        pull + "[voice.vad] model_path to a Silero VAD 16 kHz .onnx")
     return Finding("voice", "ok", f"{len(voice.intents)} intent(s); the VAD {path} loads and passes its self-check")
-
-
-def _open_vad(path: Path, threads: int):
-    from edgeslm.tasks.vad import SileroVad
-
-    return SileroVad.open(path, threads=threads)
 
 
 def _model_files(ctx: Context) -> tuple[list[tuple[str, str, int]], list[str]]:

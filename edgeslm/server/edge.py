@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from edgeslm.config import Config, VoiceConfig
 from edgeslm.errors import ConfigError, GpioError, GpioUnavailableError, ModelLoadError, VoiceUnavailableError
@@ -123,18 +124,24 @@ def _open_backend(config: Config) -> GpioBackend | None:
         return None
 
 
+def open_vad(voice: VoiceConfig, model_path: Path | None = None) -> SileroVad:
+    """The voice pipeline's VAD, opened and self-checked; ConfigError naming voice.vad.model_path if it cannot be.
+    `model_path` overrides the config's (doctor reads it under its --root)."""
+    path = model_path or voice.vad.model_path
+    assert path is not None  # the config places the store's silero-vad when none is given
+    if not path.is_file():
+        raise ConfigError(f"voice.vad.model_path: {path} does not exist; run `edgeslm pull silero-vad` (the "
+                          "default path is the store's), or set [voice.vad] model_path", param="voice.vad.model_path")
+    try:
+        return SileroVad.open(path, threads=voice.vad.threads)
+    except ModelLoadError as exc:
+        raise ConfigError(f"voice.vad.model_path: {exc}", param="voice.vad.model_path") from None
+
+
 def _start_voice(voice: VoiceConfig, registry: ModelRegistry, runner: ActionRunner, bus: EventBus,
                  leds: StatusLeds, source_factory: Callable[[], AudioSource] | None, clock: Clock,
                  recorder: WorkRecorder | None = None) -> VoiceService:
-    assert voice.vad.model_path is not None  # the config places the store's silero-vad when none is given
-    if not voice.vad.model_path.is_file():
-        raise ConfigError(f"voice.vad.model_path: {voice.vad.model_path} does not exist; run `edgeslm pull "
-                          "silero-vad` (the default path is the store's), or set [voice.vad] model_path",
-                          param="voice.vad.model_path")
-    try:
-        vad = SileroVad.open(voice.vad.model_path, threads=voice.vad.threads)
-    except ModelLoadError as exc:
-        raise ConfigError(f"voice.vad.model_path: {exc}", param="voice.vad.model_path") from None
+    vad = open_vad(voice)
     try:
         recognizer = PhraseRecognizer(voice.intents, voice.speech, voice.sample_rate_hz)
         resolver = intent_resolver(voice.intent_method, registry, voice.intent_model, voice.intents)
