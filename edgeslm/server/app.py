@@ -114,8 +114,12 @@ class Api:
         for tensor in body.inputs:
             size = (tensor.parameters or {}).get("binary_data_size")
             if size is not None:
-                if not isinstance(size, int) or size < 0 or offset + size > len(blobs):
-                    raise BadInputError(f"input {tensor.name!r}: binary_data_size {size!r} runs past the body",
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise BadInputError(f"input {tensor.name!r}: binary_data_size must be a byte count (an integer "
+                                        f"of 0 or more); got {size!r}", param=f"inputs[{tensor.name}]")
+                if offset + size > len(blobs):
+                    raise BadInputError(f"input {tensor.name!r}: binary_data_size {size} runs past the body "
+                                        f"({len(blobs) - offset} bytes of binary data left)",
                                         param=f"inputs[{tensor.name}]")
                 chunk, offset = blobs[offset: offset + size], offset + size
                 arrays[tensor.name] = model.tensors.array(tensor.name, tensor.datatype, tensor.shape, raw=chunk)
@@ -125,6 +129,10 @@ class Api:
             else:
                 arrays[tensor.name] = model.tensors.array(tensor.name, tensor.datatype, tensor.shape, tensor.data)
         feeds = model.tensors.prepare(arrays)
+        rows = next(iter(feeds.values())).shape[0]
+        if rows > self.server.max_inputs:
+            raise BadInputError(f"inputs have {rows} rows; at most {self.server.max_inputs} per request "
+                                "(server.max_inputs): split the request", param="inputs")
         wanted = [o.name for o in body.outputs] if body.outputs else None
         binary_all = bool((body.parameters or {}).get("binary_data_output"))
         binary = {o.name for o in body.outputs or [] if (o.parameters or {}).get("binary_data")}

@@ -102,6 +102,7 @@ class ServedModel:
                 type_ids_name=card.inputs.token_type_ids,
                 dtypes={spec.name: spec.dtype for spec in engine.inputs},
             )
+            self.tensors.token_inputs = self.encoder.token_inputs()
         outputs = {spec.name: spec for spec in engine.outputs}
         for task, output in (("classify", card.classify.output), ("embed", card.embed.output)):
             if task in wanted and output not in outputs:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,23 @@ def datatype_of(dtype: np.dtype) -> str:
     return DATATYPE_OF.get(np.dtype(dtype), "BYTES")
 
 
+@dataclass(frozen=True)
+class TokenInput:
+    """What a text model's token input may hold: sequences up to `max_len`, values in [low, high)."""
+
+    max_len: int
+    low: int
+    high: int
+    what: str  # "token ids", "mask values", ...
+
+
 class TensorTask:
-    """Turns KServe-style named tensors into checked feeds, and outputs back into named tensors."""
+    """Turns KServe-style named tensors into checked feeds, and outputs back into named tensors.
+
+    For a text model (`token_inputs`), its token inputs are held to what its tokenizer can produce: at most
+    max_len positions and values in range. A runtime's own error for those is an engine message naming no
+    input, and a TFLite model given a zero-length sequence dies of a division by zero.
+    """
 
     name = "tensors"
 
@@ -38,6 +55,7 @@ class TensorTask:
         self.engine = engine
         self.specs = {spec.name: spec for spec in engine.inputs}
         self.output_names = tuple(spec.name for spec in engine.outputs)
+        self.token_inputs: dict[str, TokenInput] = {}
 
     def array(self, name: str, datatype: str, shape: Sequence[int], data: Any = None,
               raw: bytes | None = None) -> np.ndarray:
@@ -54,9 +72,10 @@ class TensorTask:
             raise BadInputError(
                 f"input {name!r} must have datatype {datatype_of(spec.dtype)}; got {datatype}", param=param
             )
-        if any(d < 0 for d in shape):
-            raise BadInputError(f"input {name!r}: shape {list(shape)} has a negative dimension", param=param)
-        count = int(np.prod(shape, dtype=np.int64))
+        if any(d < 1 for d in shape):
+            raise BadInputError(f"input {name!r}: shape {list(shape)} has a dimension below 1; every dimension "
+                                "holds at least one value", param=param)
+        count = math.prod(shape)  # a Python int: no overflow however large the dimensions claimed
         try:
             if raw is not None:
                 if len(raw) != count * dtype.itemsize:
@@ -72,7 +91,20 @@ class TensorTask:
             raise BadInputError(
                 f"input {name!r}: shape {list(shape)} needs {count} values; data has {array.size}", param=param
             )
-        return array.reshape(shape)
+        array = array.reshape(shape)
+        token = self.token_inputs.get(name)
+        if token is not None:
+            self._check_tokens(name, array, token, param)
+        return array
+
+    @staticmethod
+    def _check_tokens(name: str, array: np.ndarray, token: TokenInput, param: str) -> None:
+        if array.ndim >= 2 and array.shape[1] > token.max_len:
+            raise BadInputError(f"input {name!r}: {array.shape[1]} positions; this model takes at most "
+                                f"{token.max_len} (its max_seq_len)", param=param)
+        if array.size and (int(array.min()) < token.low or int(array.max()) >= token.high):
+            raise BadInputError(f"input {name!r}: {token.what} must be in {token.low}..{token.high - 1}; got "
+                                f"{int(array.min())}..{int(array.max())}", param=param)
 
     def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check the full set of inputs against the model (names, dtypes, ranks, fixed dims)."""

@@ -12,6 +12,7 @@ from tokenizers import Encoding, Tokenizer, normalizers
 
 from edgeslm.core.tensors import pad_rows
 from edgeslm.errors import BadInputError, ModelLoadError
+from edgeslm.tasks.tensors import TokenInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,15 @@ class TextEncoder:
     @property
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
+
+    def token_inputs(self) -> dict[str, TokenInput]:
+        """What raw tensors for this model's token inputs may hold (checked on /v2 infer)."""
+        limits = {self.ids_name: TokenInput(self.max_len, 0, self._tokenizer.get_vocab_size(), "token ids")}
+        if self.mask_name is not None:
+            limits[self.mask_name] = TokenInput(self.max_len, 0, 2, "mask values")
+        if self.type_ids_name is not None:
+            limits[self.type_ids_name] = TokenInput(self.max_len, 0, 2, "token type ids")
+        return limits
 
     def _full_length(self, text: str) -> int:
         if self._untruncated is None:  # built at the first refused text, then kept

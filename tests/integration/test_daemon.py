@@ -141,6 +141,35 @@ def test_bad_inputs_never_500_and_the_daemon_keeps_serving(daemon):
         assert client.post("/v1/classify", json={"input": PHRASE}).status_code == 200
 
 
+
+def _ids(shape, data):
+    return {"inputs": [{"name": "input_ids", "shape": shape, "datatype": "INT64", "data": data},
+                       {"name": "attention_mask", "shape": shape, "datatype": "INT64", "data": data}]}
+
+
+@pytest.mark.parametrize("body, param, says", [
+    (_ids([1, 0], []), "inputs[input_ids]", "has a dimension below 1"),  # killed a TFLite daemon (divide error)
+    (_ids([1099511627776, 0], []), "inputs[input_ids]", "has a dimension below 1"),  # hung the loop, 2 GB
+    (_ids([2**64, 1], [1, 1, 1]), "inputs[input_ids]", "needs 18446744073709551616 values; data has 3"),
+    (_ids([2**32, 2**32], [1]), "inputs[input_ids]", "needs 18446744073709551616 values; data has 1"),
+    (_ids([300, 1], [1] * 300), "inputs", "300 rows; at most 64 per request"),  # the fixture sets max_inputs
+    (_ids([1, 400], [1] * 400), "inputs[input_ids]", "400 positions; this model takes at most"),
+    (_ids([1, 3], [5000, 40, 7]), "inputs[input_ids]", "token ids must be in 0.."),
+    (_ids([1, 3], [-1, 40, 7]), "inputs[input_ids]", "token ids must be in 0.."),
+    ({"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [5, 6]},
+                 {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [5, -5]}]},
+     "inputs[attention_mask]", "mask values must be in 0..1"),
+])
+@pytest.mark.parametrize("model", ["intents", "intents-tflite", "intents-buckets"])
+def test_raw_tensors_a_model_cannot_take_are_400_and_the_daemon_lives(daemon, model, body, param, says):
+    with daemon.client() as client:
+        r = client.post(f"/v2/models/{model}/infer", json=body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and says in error["message"], error
+        assert client.get("/health").status_code == 200
+
+
 def test_long_text_is_truncated_and_flagged(daemon):
     with daemon.client() as client:
         r = client.post("/v1/classify", json={"model": "intents-buckets", "input": ["turn on the light " * 30]})
