@@ -37,7 +37,7 @@ class OpenAIBody(BaseModel):
     dropped before validation; any other value of it is refused (completions.py words the error).
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -65,7 +65,7 @@ class SamplingFields(OpenAIBody):
     frequency_penalty: float = Field(0.0, description="not supported: only 0 is accepted; use repetition_penalty")
     presence_penalty: float = Field(0.0, description="not supported: only 0 is accepted; use repetition_penalty")
     stop: str | list[str] | None = Field(None, description="up to 4 strings; generation ends before the first")
-    seed: int | None = Field(None, description="makes sampling reproducible")
+    seed: int | None = Field(None, ge=0, description="makes sampling reproducible (any integer from 0)")
     ignore_eos: bool = Field(False, description="keep generating past the end-of-turn token (benchmarks)")
     n: int = Field(1, ge=1, le=1, description="completions per prompt (only 1)")
     stream: bool = Field(False, description="send server-sent events as tokens arrive, then data: [DONE]")

@@ -119,9 +119,10 @@ class Completions:
         model = self._model(body.model)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            vocab = model.decoder.layout.vocab
+            if min(prompt) < 0 or max(prompt) >= vocab:  # checked as Python ints: 2**63 would overflow int64
+                raise BadInputError(f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
             ids = np.array(prompt, dtype=np.int64)
-            if ids.min() < 0 or ids.max() >= model.decoder.layout.vocab:
-                raise BadInputError(f"prompt token ids must be in 0..{model.decoder.layout.vocab - 1}", param="prompt")
         else:
             texts = [prompt] if isinstance(prompt, str) else prompt
             if len(texts) != 1:

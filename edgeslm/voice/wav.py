@@ -38,8 +38,9 @@ def read_wav(data: bytes, *, sample_rate: int, max_seconds: float) -> np.ndarray
         with wave.open(io.BytesIO(data)) as clip:
             channels, width, rate = clip.getnchannels(), clip.getsampwidth(), clip.getframerate()
             frames = clip.readframes(clip.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise AudioFormatError(f"cannot read the WAV ({exc}); only 16-bit PCM is taken: {convert}",
+    except (wave.Error, EOFError, RuntimeError, OverflowError, ValueError) as exc:  # a lying chunk size: RuntimeError
+        why = str(exc) or "its header is cut short or its chunk sizes are wrong"
+        raise AudioFormatError(f"cannot read the WAV ({why}); only 16-bit PCM is taken: {convert}",
                                param="file") from None
     problems = []
     if rate != sample_rate:

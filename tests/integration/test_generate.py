@@ -122,6 +122,8 @@ def test_client_errors_are_4xx_naming_the_field(sdk, llm_daemon):
         raw = client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
             {"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [5]}]})
         assert raw.status_code == 400 and raw.json()["error"]["code"] == "wrong_task"
+        huge_id = client.post("/v1/completions", json={"model": MODEL, "prompt": [2**63], "max_tokens": 2})
+        assert huge_id.status_code == 400 and "prompt token ids must be in 0.." in huge_id.text, huge_id.text
         for body in (b"{not json", b'{"model": "tiny", "prompt": "x", "n": 3}',
                      b'{"model": "tiny", "prompt": "x", "temperature": "hot"}',
                      b'{"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}',

@@ -373,3 +373,16 @@ def test_unknown_embeddings_fields_are_400_naming_the_field_and_user_is_accepted
     assert r.status_code == 400 and r.json()["error"]["param"] == "colour", r.text
     r = call(registry, "POST", "/v1/embeddings", json={"model": "fake", "input": "turn on", "user": "kitchen-pi"})
     assert r.status_code == 200, r.text
+
+
+
+@pytest.mark.parametrize("raw, param, says", [
+    (b'{"prompt": "hi", "seed": -1}', "seed", "greater than or equal to 0"),
+    (b'{"prompt": "hi", "temperature": NaN}', "temperature", "finite number"),
+    (b'{"prompt": "hi", "top_p": Infinity}', "top_p", "finite number"),
+])
+def test_negative_seeds_and_non_finite_numbers_are_400_naming_the_field(served, raw, param, says):
+    registry, _ = served
+    r = call(registry, "POST", "/v1/completions", content=raw)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and says in r.json()["error"]["message"], r.text

@@ -136,6 +136,15 @@ def test_read_wav_takes_16k_mono_16bit_and_says_how_to_convert_the_rest():
         assert message in info.value.message and ("sox" in info.value.message or "limit" in info.value.message)
 
 
+
+def test_a_wav_whose_chunk_size_lies_is_a_format_error():
+    good = bytearray(wav_bytes((np.arange(1600) % 100).astype("<i2")))
+    good[16:20] = (0xFFFFFFF0).to_bytes(4, "little")  # the fmt chunk claims 4 GB: wave raises a bare RuntimeError
+    with pytest.raises(AudioFormatError) as info:
+        read_wav(bytes(good), sample_rate=16000, max_seconds=8)
+    assert "cannot read the WAV" in info.value.message and "sox" in info.value.message
+
+
 def test_multipart_upload_yields_the_file_part_byte_for_byte():
     payload = wav_bytes((np.arange(1600) * 37 % 65536 - 32768).astype("<i2"))  # every byte value appears
     boundary = "XyZ"
