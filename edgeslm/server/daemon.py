@@ -174,34 +174,47 @@ class StartupInterrupted(BaseException):
 
 
 @contextlib.contextmanager
-def _stops_before_serving() -> Iterator[tuple[list[int], Callable[[], None]]]:
+def _stops_before_serving() -> Iterator[StartupStops]:
     """Until the server takes the signals, SIGINT/SIGTERM stop start-up cleanly instead of killing it.
 
-    While models load, the signal raises StartupInterrupted (serve closes what was opened, removes the
-    socket and exits 0). Once `serving_soon()` is called it is only remembered, and the server, when it
-    starts, stops at once (DaemonServer.capture_signals).
+    Taken before the socket is bound. While the socket is being made a signal is only remembered (an exception
+    there could leave the file behind); `loading()` raises any remembered one as StartupInterrupted, and from
+    then on, while models load, a signal raises it at once (serve closes what was opened, removes the socket
+    and exits 0). After `serving_soon()` it is only remembered again, and the server stops as soon as it starts
+    (DaemonServer.capture_signals).
     """
-    stops: list[int] = []
+    stops = StartupStops()
     if threading.current_thread() is not threading.main_thread():
-        yield stops, lambda: None
+        yield stops
         return
-    soon = False
 
     def stop(sig: int, frame: object) -> None:
-        stops.append(sig)
-        if not soon:
+        stops.seen.append(sig)
+        if stops.raising:
             raise StartupInterrupted(signal.Signals(sig).name)
-
-    def serving_soon() -> None:
-        nonlocal soon
-        soon = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield stops, serving_soon
+        yield stops
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class StartupStops:
+    """Stop signals seen before serving, and whether one now interrupts start-up (see _stops_before_serving)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.raising = False
+
+    def loading(self) -> None:
+        if self.seen:
+            raise StartupInterrupted(signal.Signals(self.seen[0]).name)
+        self.raising = True
+
+    def serving_soon(self) -> None:
+        self.raising = False
 
 
 @contextlib.contextmanager
@@ -251,17 +264,18 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     server_config = config.server
     policy = AccessPolicy.from_config(config.access)
     notifier = Notifier(env)
-    sockets = listen_sockets(env)
-    path, inode = server_config.socket_path, None
-    if sockets:
-        where = ", ".join(socket_name(sock) for sock in sockets) + " (passed by systemd)"
-    else:
-        sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
-        inode = socket_inode(path)
-        where = f"{path} (mode {server_config.socket_mode:04o})"
-    registry = edge = metrics = server = None
-    with _stops_before_serving() as (stops, serving_soon):
+    with _stops_before_serving() as stops:
+        sockets = listen_sockets(env)
+        path, inode = server_config.socket_path, None
+        if sockets:
+            where = ", ".join(socket_name(sock) for sock in sockets) + " (passed by systemd)"
+        else:
+            sockets = [bind_unix_socket(path, mode=server_config.socket_mode, group=server_config.socket_group)]
+            inode = socket_inode(path)
+            where = f"{path} (mode {server_config.socket_mode:04o})"
+        registry = edge = metrics = server = None
         try:
+            stops.loading()
             with _hangups_remembered() as hangups:
                 fingerprints = {model.name: fingerprint(model) for model in config.models}
                 registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
@@ -287,7 +301,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                                     on_reloading=notifier.reloading, on_done=reloaded)
                 app.state.reloader = reloader
                 server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
-                                      reloader=reloader, hangups=hangups, stops=stops)
+                                      reloader=reloader, hangups=hangups, stops=stops.seen)
                 edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
                 print(f"edgeslm {__version__} listening on {where}", file=out)
                 for line in _describe_models(registry) + edge.describe():
@@ -302,13 +316,13 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                 print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
                       file=out, flush=True)
                 settle_collector()
-                serving_soon()
+                stops.serving_soon()
                 server.run(sockets=sockets)
                 log.info("closing models")
         except StartupInterrupted as interrupted:
             print(f"{interrupted} during start-up: stopping", file=out, flush=True)
         finally:
-            serving_soon()  # from here a signal is only logged: closing must finish
+            stops.serving_soon()  # from here a signal is only remembered: closing must finish
             if edge is not None:
                 edge.close()
             if registry is not None:
