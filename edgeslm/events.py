@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 KINDS = ("button", "listening", "intent", "no_match", "busy", "action", "event", "classify", "error", "model")
 
 
+def parse_kinds(text: str) -> list[str]:
+    """The kinds of a comma-separated filter ("intent, no_match"); ValueError naming any unknown one and the
+    valid ones, because a filter that matches nothing streams silence."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown kind(s) {', '.join(map(repr, unknown))}; valid kinds: {', '.join(KINDS)}")
+    return kinds
+
+
 @dataclass(frozen=True)
 class Event:
     """One event: a sequence id (SSE `id`), its kind, wall-clock time (unix seconds) and JSON-able data."""

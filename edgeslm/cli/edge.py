@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeslm.cli.query import _client, _socket_arg
-from edgeslm.events import KINDS
+from edgeslm.events import KINDS, parse_kinds
 
 EX_NOINPUT = 66  # sysexits: an input file is missing or unreadable (2 already means "nothing matched")
 
@@ -56,12 +56,10 @@ def describe(kind: str, event: dict[str, Any]) -> str:
 
 def kinds_arg(text: str) -> str:
     """--kinds, checked here: the daemon would refuse an unknown kind too, but only after connecting."""
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(map(repr, unknown))}; valid kinds: "
-                                         f"{', '.join(KINDS)}")
-    return ",".join(kinds)
+    try:
+        return ",".join(parse_kinds(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def count_arg(text: str) -> int:

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from edgeslm.errors import BadInputError, EdgeslmError
 
-API_TRUNCATE_FIX = 'send "truncate": true'  # the daemon's fix for an over-long text, worded for HTTP clients
-
 
 def _socket_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", type=Path, metavar="PATH",
@@ -79,9 +77,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _for_command_line(exc: EdgeslmError) -> EdgeslmError:
     """A too-long-text error with the command line's fix (drop --no-truncate) instead of the HTTP API's."""
-    if API_TRUNCATE_FIX not in exc.message:
+    from edgeslm.tasks.text import TRUNCATE_FIX  # only on this error: the CLI otherwise needs no tokenizer import
+
+    if TRUNCATE_FIX not in exc.message:
         return exc
-    message = exc.message.replace(API_TRUNCATE_FIX, "drop --no-truncate (the text is then cut, and flagged)")
+    message = exc.message.replace(TRUNCATE_FIX, "drop --no-truncate (the text is then cut, and flagged)")
     index = re.fullmatch(r"input\[(\d+)\]", exc.param or "")
     if index:  # the CLI's user gave texts, not an "input" list
         message = message.replace(index.group(0), f"text {int(index.group(1)) + 1}", 1)

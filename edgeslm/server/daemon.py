@@ -174,61 +174,52 @@ class StartupInterrupted(BaseException):
 
 
 @contextlib.contextmanager
-def _stops_before_serving() -> Iterator[StartupStops]:
-    """Until the server takes the signals, SIGINT/SIGTERM stop start-up cleanly instead of killing it.
+def _signals_before_serving() -> Iterator[StartupSignals]:
+    """Until the server takes the signals, SIGINT/SIGTERM stop start-up cleanly and SIGHUP waits for it.
 
-    Taken before the socket is bound. While the socket is being made a signal is only remembered (an exception
+    Taken before the socket is bound. A SIGHUP (whose default action kills) is remembered, so the reload
+    happens once serving begins. While the socket is being made a stop signal is only remembered (an exception
     there could leave the file behind); `loading()` raises any remembered one as StartupInterrupted, and from
-    then on, while models load, a signal raises it at once (serve closes what was opened, removes the socket
-    and exits 0). After `serving_soon()` it is only remembered again, and the server stops as soon as it starts
-    (DaemonServer.capture_signals).
+    then on, while models load, a stop signal raises it at once (serve closes what was opened, removes the
+    socket and exits 0). After `remember_only()` it is only remembered again, and the server stops as soon as
+    it starts (DaemonServer.capture_signals).
     """
-    stops = StartupStops()
+    seen = StartupSignals()
     if threading.current_thread() is not threading.main_thread():
-        yield stops
+        yield seen
         return
 
-    def stop(sig: int, frame: object) -> None:
-        stops.seen.append(sig)
-        if stops.raising:
+    def arrived(sig: int, frame: object) -> None:
+        if sig == signal.SIGHUP:
+            seen.hangups.append(sig)
+            return
+        seen.stops.append(sig)
+        if seen.raising:
             raise StartupInterrupted(signal.Signals(sig).name)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, arrived) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield stops
+        yield seen
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-class StartupStops:
-    """Stop signals seen before serving, and whether one now interrupts start-up (see _stops_before_serving)."""
+class StartupSignals:
+    """Signals seen before serving, and whether a stop now interrupts start-up (see _signals_before_serving)."""
 
     def __init__(self) -> None:
-        self.seen: list[int] = []
+        self.stops: list[int] = []  # SIGINT/SIGTERM
+        self.hangups: list[int] = []  # SIGHUP
         self.raising = False
 
     def loading(self) -> None:
-        if self.seen:
-            raise StartupInterrupted(signal.Signals(self.seen[0]).name)
+        if self.stops:
+            raise StartupInterrupted(signal.Signals(self.stops[0]).name)
         self.raising = True
 
-    def serving_soon(self) -> None:
+    def remember_only(self) -> None:
         self.raising = False
-
-
-@contextlib.contextmanager
-def _hangups_remembered() -> Iterator[list[int]]:
-    """While models load, a SIGHUP (the default action kills) is remembered so the reload happens after."""
-    seen: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-    previous = signal.signal(signal.SIGHUP, lambda sig, frame: seen.append(sig))
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def _queue_depth(model: Any) -> int:
@@ -264,7 +255,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     server_config = config.server
     policy = AccessPolicy.from_config(config.access)
     notifier = Notifier(env)
-    with _stops_before_serving() as stops:
+    with _signals_before_serving() as seen:
         sockets = listen_sockets(env)
         path, inode = server_config.socket_path, None
         if sockets:
@@ -275,54 +266,53 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             where = f"{path} (mode {server_config.socket_mode:04o})"
         registry = edge = metrics = server = None
         try:
-            stops.loading()
-            with _hangups_remembered() as hangups:
-                fingerprints = {model.name: fingerprint(model) for model in config.models}
-                registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
-                metrics = open_metrics(config, registry)
-                edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
-                app = build_app(registry, config, edge, metrics)
-                inflight = InFlight(app)
-                uv_config = uvicorn.Config(
-                    inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
-                    log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
-                    server_header=False, date_header=False, log_config=None,
-                    proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
-                )
-                status = functools.partial(status_text, registry)
-                bus = edge.bus
+            seen.loading()
+            fingerprints = {model.name: fingerprint(model) for model in config.models}
+            registry = (registry_factory or (lambda c: ModelRegistry.load(c.models)))(config)
+            metrics = open_metrics(config, registry)
+            edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
+            app = build_app(registry, config, edge, metrics)
+            inflight = InFlight(app)
+            uv_config = uvicorn.Config(
+                inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
+                log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
+                server_header=False, date_header=False, log_config=None,
+                proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
+            )
+            status = functools.partial(status_text, registry)
+            bus = edge.bus
 
-                def reloaded(outcome: ReloadOutcome) -> None:
-                    publish_outcome(bus, outcome)
-                    notifier.ready(status())
+            def reloaded(outcome: ReloadOutcome) -> None:
+                publish_outcome(bus, outcome)
+                notifier.ready(status())
 
-                reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
-                                    api=app.state.api, access=policy, fingerprints=fingerprints,
-                                    on_reloading=notifier.reloading, on_done=reloaded)
-                app.state.reloader = reloader
-                server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
-                                      reloader=reloader, hangups=hangups, stops=stops.seen)
-                edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
-                print(f"edgeslm {__version__} listening on {where}", file=out)
-                for line in _describe_models(registry) + edge.describe():
-                    print(line, file=out)
-                print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
-                if not registry.models:
-                    print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
-                if policy.restricted:
-                    print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
-                          f"uid {policy.own_uid}; others get 403", file=out)
-                first = socket_name(sockets[0])
-                print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
-                      file=out, flush=True)
-                settle_collector()
-                stops.serving_soon()
-                server.run(sockets=sockets)
-                log.info("closing models")
+            reloader = Reloader(registry, config, read_config=read_config or (lambda: config), inflight=inflight,
+                                api=app.state.api, access=policy, fingerprints=fingerprints,
+                                on_reloading=notifier.reloading, on_done=reloaded)
+            app.state.reloader = reloader
+            server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
+                                  reloader=reloader, hangups=seen.hangups, stops=seen.stops)
+            edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
+            print(f"edgeslm {__version__} listening on {where}", file=out)
+            for line in _describe_models(registry) + edge.describe():
+                print(line, file=out)
+            print(f"  {metrics.describe()}" if metrics else "  metrics: off (metrics.enabled = false)", file=out)
+            if not registry.models:
+                print("  no model is serving; /ready answers 503 until the config is fixed", file=out)
+            if policy.restricted:
+                print(f"  access: uids {sorted(policy.allow_uids)}, gids {sorted(policy.allow_gids)}, root and "
+                      f"uid {policy.own_uid}; others get 403", file=out)
+            first = socket_name(sockets[0])
+            print(f"try: curl --unix-socket {first} http://localhost/ready   (Ctrl-C stops, SIGHUP reloads)",
+                  file=out, flush=True)
+            settle_collector()
+            seen.remember_only()
+            server.run(sockets=sockets)
+            log.info("closing models")
         except StartupInterrupted as interrupted:
             print(f"{interrupted} during start-up: stopping", file=out, flush=True)
         finally:
-            stops.serving_soon()  # from here a signal is only remembered: closing must finish
+            seen.remember_only()  # from here a signal is only remembered: closing must finish
             if edge is not None:
                 edge.close()
             if registry is not None:

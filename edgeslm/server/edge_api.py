@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeslm.config import Config
 from edgeslm.errors import BadInputError, DeadlineError, GpioError, VoiceUnavailableError
-from edgeslm.events import KINDS, Event, Subscription
+from edgeslm.events import Event, Subscription, parse_kinds
 from edgeslm.server.bridge import endpoint, json_response, parse, read_body
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_schemas import PressRequest
@@ -31,14 +31,12 @@ def sse(event: Event) -> bytes:
     return (f"id: {event.id}\nevent: {event.kind}\ndata: ".encode() + orjson.dumps(event.as_dict()) + b"\n\n")
 
 
-def parse_kinds(text: str) -> list[str]:
-    """The kinds of `?kinds=a,b`; an unknown one is a 400, because a filter that matches nothing streams silence."""
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise BadInputError(f"kinds has unknown kind(s) {', '.join(map(repr, unknown))}; valid kinds: "
-                            f"{', '.join(KINDS)}", param="kinds")
-    return kinds
+def query_kinds(request: Request) -> list[str]:
+    """The kinds of `?kinds=a,b`; an unknown one is a 400 (events.parse_kinds)."""
+    try:
+        return parse_kinds(request.query_params.get("kinds", ""))
+    except ValueError as exc:
+        raise BadInputError(f"kinds has {exc}", param="kinds") from None
 
 
 def query_flag(request: Request, name: str, default: bool) -> bool:
@@ -59,7 +57,7 @@ class EdgeApi:
         self.edge, self.server = edge, config.server
 
     async def events(self, request: Request) -> Response:
-        kinds = parse_kinds(request.query_params.get("kinds", ""))
+        kinds = query_kinds(request)
         since_text = request.query_params.get("since") or request.headers.get("last-event-id")
         since = None
         if since_text is not None:

@@ -14,6 +14,8 @@ from edgeslm.core.tensors import pad_rows
 from edgeslm.errors import BadInputError, ModelLoadError
 from edgeslm.tasks.tensors import TokenInput
 
+TRUNCATE_FIX = 'send "truncate": true'  # the fix for an over-long text, as HTTP clients word it (the CLI rewords it)
+
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
@@ -149,7 +151,7 @@ class TextEncoder:
         if cut and not truncate:
             raise BadInputError(
                 f"{param}[{i}] is {self._full_length(text)} tokens; model {self.model_name!r} takes "
-                f"at most {self.max_len}: shorten it or send \"truncate\": true",
+                f"at most {self.max_len}: shorten it or {TRUNCATE_FIX}",
                 param=f"{param}[{i}]",
             )
         return cut
