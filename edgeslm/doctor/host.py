@@ -69,9 +69,19 @@ def board_model(ctx: Context) -> str:
 
 
 def check_gpio(ctx: Context) -> Finding:
-    """Device nodes, their permissions for the daemon's user, and an importable library to drive them."""
+    """Device nodes, their permissions for the daemon's user, and an importable library to drive them.
+
+    A config naming its backend ([gpio] backend) gets that backend checked: serve exits 78 when it
+    does not open, where "auto" falls back to the mock backend."""
     chips = sorted(ctx.path("/dev").glob("gpiochip*"))
     board = board_model(ctx)
+    named = ctx.config.gpio.backend if ctx.config is not None and ctx.config.gpio.backend != "auto" else None
+    if named == "mock":
+        return Finding("gpio", "ok", '[gpio] backend = "mock": pins move only with `edgeslm gpio press`')
+    if named is not None and not chips:
+        return Finding("gpio", "fail", f"[gpio] backend = {named!r}, but there is no /dev/gpiochip*",
+                       "The daemon opens the named backend at start-up and exits 78 when it cannot; systemd does "
+                       "not retry.", 'set [gpio] backend = "auto" (or "mock") on a machine without GPIO')
     if not chips:
         if "Raspberry Pi" in board:
             return Finding("gpio", "fail", f"{board} but no /dev/gpiochip*",
@@ -87,14 +97,21 @@ def check_gpio(ctx: Context) -> Finding:
                        "mode 0660 on gpiochip*")
     libraries = [name for name in GPIO_LIBRARIES if ctx.module_present(name)]
     wanted = "lgpio" if "Raspberry Pi 5" in board else "RPi.GPIO or lgpio"
-    if not any(lib in libraries for lib in ("lgpio", "RPi.GPIO")):
+    if named is not None:
+        wanted = {"lgpio": "lgpio", "rpigpio": "RPi.GPIO"}[named]
+    if not any(lib in libraries for lib in wanted.split(" or ")):
         return Finding("gpio", "fail", f"{len(chips)} GPIO chip(s) but no GPIO library installed",
                        "The chips are there, but nothing in the venv can drive them.",
                        f"pip install {wanted.split(' or ')[0]} in the daemon's venv (deploy/install.sh does it)")
     found = f"{', '.join(c.name for c in chips)} usable by {ctx.user.name}; libraries: {', '.join(libraries)}"
     if ctx.root != Path("/") and ctx.open_gpio is None:
         return Finding("gpio", "ok", found + " (another root: not opened)")
-    opened, why = _open_a_backend(ctx)
+    opened, why = _open_a_backend(ctx, (named,) if named else ("lgpio", "rpigpio"))
+    if opened is None and named is not None:
+        return Finding("gpio", "fail", f"{found}, but [gpio] backend = {named!r} does not open: {why}",
+                       "The daemon opens the named backend at start-up and exits 78 when it cannot; systemd does "
+                       "not retry.",
+                       'run `edgeslm doctor` as the edgeslm user to see its own error, or set [gpio] backend = "auto"')
     if opened is None:
         return Finding("gpio", "fail", f"{found}, but no backend opens: {why}",
                        "The daemon would fall back to the mock backend: buttons and outputs would do nothing.",
@@ -103,8 +120,8 @@ def check_gpio(ctx: Context) -> Finding:
     return Finding("gpio", "ok", f"{found}; {opened} opens")
 
 
-def _open_a_backend(ctx: Context) -> tuple[str | None, str]:
-    """Open (and close) the first real GPIO backend that works here, as the daemon's `auto` would."""
+def _open_a_backend(ctx: Context, names: tuple[str, ...]) -> tuple[str | None, str]:
+    """Open (and close) the first of `names` that works here, as the daemon would."""
     from edgeslm.errors import EdgeslmError
 
     opener = ctx.open_gpio
@@ -114,7 +131,7 @@ def _open_a_backend(ctx: Context) -> tuple[str | None, str]:
         chip = ctx.config.gpio.chip if ctx.config is not None else None
         opener = lambda name: open_backend(name, chip=chip)  # noqa: E731 - the daemon's own opener, with its chip
     reasons = []
-    for name in ("lgpio", "rpigpio"):
+    for name in names:
         try:
             backend = opener(name)
         except (EdgeslmError, OSError) as exc:

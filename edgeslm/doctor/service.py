@@ -14,6 +14,7 @@ from edgeslm.errors import ConfigError, ModelLoadError
 BASELINE_BYTES = 150 * 1024 * 1024  # Python, numpy, a runtime and the HTTP stack, before any model
 SYSTEMD_SOCKET_UNIT = "/etc/systemd/system/edgeslm.socket"
 SYSTEMD_SERVICE_UNIT = "/etc/systemd/system/edgeslm.service"
+EXITS_78 = "The daemon checks this at start-up and exits 78 without it; systemd does not retry."
 SERVICE_STATE_DIR = "/var/lib/edgeslm"  # StateDirectory=edgeslm: the service's model store is in models/ there
 
 
@@ -105,12 +106,26 @@ def _socket_group_refused(ctx: Context) -> Finding | None:
 
 
 def check_voice(ctx: Context) -> Finding:
-    """The voice pipeline's VAD model, opened and self-checked as serve does at start-up (with [[voice.intents]])."""
+    """With [[voice.intents]], what serve checks at start-up: the VAD model (opened and self-checked), the
+    recogniser (every phrase's words) and the intent model. Every problem is listed, not just the first."""
     if ctx.config is None:
         return Finding("voice", "warn", "skipped: the config did not load")
     voice = ctx.config.voice
     if not voice.intents:
         return Finding("voice", "ok", "off (no [[voice.intents]])")
+    problems = [p for p in (_vad_problem(ctx), _speech_problem(ctx), _intent_model_problem(ctx)) if p is not None]
+    if len(problems) == 1:
+        return problems[0]
+    if problems:
+        return Finding("voice", "fail", "; ".join(p.summary for p in problems), problems[0].explanation,
+                       "; ".join(p.fix for p in problems if p.fix))
+    return Finding("voice", "ok", f"{len(voice.intents)} intent(s); the VAD {ctx.path(voice.vad.model_path)} loads "
+                   f"and passes its self-check; the recogniser knows every phrase's words; {voice.intent_model!r} "
+                   f"resolves them by {voice.intent_method}")
+
+
+def _vad_problem(ctx: Context) -> Finding | None:
+    voice = ctx.config.voice
     path = ctx.path(voice.vad.model_path)
     try:
         if ctx.open_vad is not None:
@@ -124,10 +139,61 @@ def check_voice(ctx: Context) -> Finding:
         pull = (f"sudo edgeslm pull --store {store} silero-vad (the default model_path is the store's), or set "
                 if voice.vad.model_path.parent.name == "silero-vad" else "set ")
         said = str(exc) if isinstance(exc, ConfigError) else f"voice.vad.model_path: {exc}"
-        return Finding("voice", "fail", said,
-                       "The daemon loads the VAD at start-up and exits 78 without it; systemd does not retry.",
-                       pull + "[voice.vad] model_path to a Silero VAD 16 kHz .onnx")
-    return Finding("voice", "ok", f"{len(voice.intents)} intent(s); the VAD {path} loads and passes its self-check")
+        return Finding("voice", "fail", said, EXITS_78, pull + "[voice.vad] model_path to a Silero VAD 16 kHz .onnx")
+    return None
+
+
+
+def _speech_problem(ctx: Context) -> Finding | None:
+    """serve's own recogniser, built from the config: pocketsphinx present, its model loads, every word known."""
+    from edgeslm.errors import VoiceUnavailableError
+    from edgeslm.voice.speech import PhraseRecognizer
+
+    voice = ctx.config.voice
+    speech = voice.speech
+    if ctx.root != Path("/"):
+        speech = speech.model_copy(update={key: ctx.path(value) for key in ("acoustic_model", "dictionary")
+                                           if (value := getattr(speech, key)) is not None})
+    try:
+        PhraseRecognizer(voice.intents, speech, voice.sample_rate_hz)
+    except VoiceUnavailableError as exc:
+        return Finding("voice", "fail", f"voice: {exc}", EXITS_78, "pip install 'edgeslm[audio]' in the daemon's venv")
+    except ConfigError as exc:
+        return Finding("voice", "fail", str(exc), EXITS_78,
+                       "fix the phrase or add the word under [voice.speech.pronunciations]")
+    return None
+
+
+def _intent_model_problem(ctx: Context) -> Finding | None:
+    """voice.intent_model: a model the config serves whose card fits voice.intent_method, checked as serve does."""
+    from edgeslm.tasks.card import locate_model
+    from edgeslm.tasks.classify import read_labels
+    from edgeslm.voice.intents import check_intent_model
+
+    voice = ctx.config.voice
+    entry = next((m for m in ctx.config.models if m.name == voice.intent_model), None)
+    if entry is None or not entry.enabled:
+        served = ", ".join(m.name for m in ctx.config.models if m.enabled) or "none"
+        return Finding("voice", "fail", f"voice.intent_model {voice.intent_model!r} is not a served model "
+                       f"(served: {served})",
+                       "The daemon starts, but every voice command fails until that model is served.",
+                       "set voice.intent_model to a served model, or add (or enable) its [[models]] entry")
+    try:
+        _, card = locate_model(ctx.path(entry.path), entry.runtime)
+        labels: list[str] = []
+        if voice.intent_method == "classify" and "classify" in card.model.tasks:
+            labels_path = card.resolve(card.classify.labels)
+            assert labels_path is not None
+            labels = read_labels(labels_path)
+        check_intent_model(voice.intent_method, entry.name, card.model.tasks, labels,
+                           [intent.name for intent in voice.intents])
+    except ModelLoadError:
+        return None  # a model that does not load: the models check says why
+    except ConfigError as exc:
+        return Finding("voice", "fail", str(exc), EXITS_78,
+                       "name each intent after one of the model's labels, or change voice.intent_method / "
+                       "voice.intent_model")
+    return None
 
 
 def _model_files(ctx: Context) -> tuple[list[tuple[str, str, int]], list[str]]:

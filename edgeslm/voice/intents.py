@@ -26,6 +26,24 @@ class IntentGuess:
     top: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_intent_model(method: str, model_name: str, tasks: Sequence[str], labels: Sequence[str],
+                       intent_names: Sequence[str]) -> None:
+    """Whether the model can resolve the intents by `method`: ConfigError (serve exits 78) if not.
+    Serve checks the loaded model; doctor checks its card, with the same words."""
+    if method == "classify":
+        if "classify" not in tasks:
+            raise ConfigError(f"voice.intent_model {model_name!r} does not classify; choose a classifier or set "
+                              "voice.intent_method = \"similarity\"", param="voice.intent_model")
+        for i, name in enumerate(intent_names):
+            if name not in labels:
+                raise ConfigError(f"voice.intents[{i}].name {name!r} is not a label of model {model_name!r} "
+                                  f"({', '.join(sorted(labels))}); rename it or use intent_method = \"similarity\"",
+                                  param=f"voice.intents[{i}].name")
+    elif "embed" not in tasks:
+        raise ConfigError(f"voice.intent_model {model_name!r} does not embed; choose an embedding model",
+                          param="voice.intent_model")
+
+
 class ClassifierIntents:
     """The model's best label among the configured intents; confidence is its softmax probability."""
 
@@ -39,15 +57,8 @@ class ClassifierIntents:
         if model is None:
             log.warning("voice: intent model %r is not loaded; voice commands will fail until it is", model_name)
             return
-        if model.classify is None:
-            raise ConfigError(f"voice.intent_model {model_name!r} does not classify; choose a classifier or set "
-                              "voice.intent_method = \"similarity\"")
-        labels = set(model.classify.labels)
-        for i, name in enumerate(self.names):
-            if name not in labels:
-                raise ConfigError(f"voice.intents[{i}].name {name!r} is not a label of model {model_name!r} "
-                                  f"({', '.join(sorted(labels))}); rename it or use intent_method = \"similarity\"",
-                                  param=f"voice.intents[{i}].name")
+        check_intent_model("classify", model_name, model.tasks, model.classify.labels if model.classify else (),
+                           self.names)
         self._check_phrases(model, intents)
 
     def _check_phrases(self, model: ServedModel, intents: Sequence[IntentConfig]) -> None:
@@ -83,8 +94,8 @@ class SimilarityIntents:
         self._cache: tuple[ServedModel, np.ndarray] | None = None
         self._lock = threading.Lock()
         model = registry.models.get(model_name)
-        if model is not None and model.embed is None:
-            raise ConfigError(f"voice.intent_model {model_name!r} does not embed; choose an embedding model")
+        if model is not None:
+            check_intent_model("similarity", model_name, model.tasks, (), ())
 
     def _embed(self, model: ServedModel, texts: Sequence[str]) -> np.ndarray:
         assert model.embed is not None

@@ -14,6 +14,7 @@ from edgeslm.cli import main
 from edgeslm.doctor import Context, Identity, run_checks
 from edgeslm.doctor.host import check_audio, check_gpio, check_power, check_runtimes
 from edgeslm.doctor.service import check_config, check_memory, check_models, check_socket
+from edgeslm.errors import GpioUnavailableError
 from edgeslm.hw.commands import RecordedCommands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,6 +263,10 @@ def test_voice_without_the_vad_model_fails_as_serve_does(pi5, tmp_path, capsys):
     assert finding.fix.startswith("sudo edgeslm pull --store /var/lib/edgeslm/models silero-vad")
     assert main(["doctor", "--root", str(pi5), "--config", str(config), "--only", "config,voice"]) == 1
     assert "1 failed" in capsys.readouterr().out
+    write(config, VOICE.replace("turn on the light", "turn on the frobnicator"))
+    both = check_voice(ctx(pi5, config))  # every problem, not only the first serve would stop at
+    assert both.summary.startswith("voice.vad.model_path: ") and "the word 'frobnicator' is not" in both.summary
+    assert both.fix.startswith("sudo edgeslm pull") and "[voice.speech.pronunciations]" in both.fix
 
 
 def test_voice_with_a_vad_that_loads(pi5, tmp_path):
@@ -294,3 +299,91 @@ def test_an_unknown_user_or_root_is_a_usage_error(pi5, tmp_path, capsys):
     me = Identity.named(str(os.geteuid()))
     assert main(["doctor", "--user", me.name, "--root", str(pi5), "--only", "power"]) == 0
     assert f"permissions checked for user {me.name}" in capsys.readouterr().out
+
+
+def _voice_ctx(pi5: Path, tmp_path: Path, intents: str, extra: str = "") -> Context:
+    """A voice config over the fixture store's intents model, with a VAD that opens."""
+
+    class FakeVad:
+        def close(self):
+            pass
+
+    text = (f'[[models]]\nname = "intents"\npath = "{STORE}"\n[gpio]\nbackend = "mock"\n{extra}\n'
+            f'[store]\ndir = "/var/lib/edgeslm/models"\n{intents}')
+    return ctx(pi5, write(tmp_path / "voice.toml", text), open_vad=lambda path, threads: FakeVad())
+
+
+def test_voice_checks_the_recogniser_and_the_intent_model_as_serve_does(pi5, tmp_path):
+    from edgeslm.doctor.service import check_voice
+
+    good = '[[voice.intents]]\nname = "lights_on"\nphrases = ["turn on the light"]\n'
+    finding = check_voice(_voice_ctx(pi5, tmp_path, good))
+    assert finding.status == "ok", finding
+    assert finding.summary.endswith("'intents' resolves them by classify")
+
+    unknown_word = '[[voice.intents]]\nname = "lights_on"\nphrases = ["turn on the frobnicator"]\n'
+    finding = check_voice(_voice_ctx(pi5, tmp_path, unknown_word))
+    assert finding.status == "fail" and "exits 78" in finding.explanation
+    assert finding.summary == ("voice.intents[0].phrases[0] ('turn on the frobnicator'): the word 'frobnicator' is "
+                               "not in the pronunciation dictionary; add it under [voice.speech.pronunciations]")
+
+    not_a_label = '[[voice.intents]]\nname = "open_door"\nphrases = ["open the door"]\n'
+    finding = check_voice(_voice_ctx(pi5, tmp_path, not_a_label))
+    assert finding.status == "fail" and "exits 78" in finding.explanation
+    assert finding.summary.startswith("voice.intents[0].name 'open_door' is not a label of model 'intents' "
+                                      "(cancel_timer, fan_off")
+
+    elsewhere = check_voice(_voice_ctx(pi5, tmp_path, good, extra='[voice]\nintent_model = "commands"\n'))
+    assert elsewhere.status == "fail"
+    assert elsewhere.summary == "voice.intent_model 'commands' is not a served model (served: intents)"
+
+    similarity = check_voice(_voice_ctx(pi5, tmp_path, good, extra='[voice]\nintent_method = "similarity"\n'))
+    assert similarity.status == "ok" and similarity.summary.endswith("by similarity")  # its card embeds too
+
+
+def test_a_named_gpio_backend_is_opened_as_serve_opens_it(pi5, tmp_path):
+    class FakeBackend:
+        def describe(self):
+            return {"backend": "lgpio", "chip": "gpiochip4"}
+
+        def close(self):
+            pass
+
+    asked = []
+
+    def only_lgpio(name):
+        asked.append(name)
+        if name != "lgpio":
+            raise GpioUnavailableError(f"{name} is not here")
+        return FakeBackend()
+
+    lgpio = ctx(pi5, config_file(tmp_path, extra='[gpio]\nbackend = "lgpio"\n'), open_gpio=only_lgpio)
+    assert check_gpio(lgpio).status == "ok" and asked == ["lgpio"]
+    rpigpio = ctx(pi5, config_file(tmp_path, extra='[gpio]\nbackend = "rpigpio"\n'), open_gpio=only_lgpio,
+                  modules=("lgpio", "RPi.GPIO"))
+    finding = check_gpio(rpigpio)
+    assert finding.status == "fail" and "exits 78" in finding.explanation
+    assert "[gpio] backend = 'rpigpio' does not open: rpigpio: rpigpio is not here" in finding.summary
+    no_library = check_gpio(ctx(pi5, config_file(tmp_path, extra='[gpio]\nbackend = "rpigpio"\n')))
+    assert no_library.status == "fail" and "pip install RPi.GPIO" in no_library.fix
+
+    pc = tmp_path / "pc"
+    write(pc / "proc/meminfo", "MemAvailable:    3500000 kB\n")
+    finding = check_gpio(ctx(pc, config_file(tmp_path, extra='[gpio]\nbackend = "lgpio"\n')))
+    assert finding.status == "fail" and finding.summary == "[gpio] backend = 'lgpio', but there is no /dev/gpiochip*"
+    mock = check_gpio(ctx(pc, config_file(tmp_path, extra='[gpio]\nbackend = "mock"\n')))
+    assert mock.status == "ok" and "mock" in mock.summary
+
+
+def test_the_intent_model_must_fit_the_method():
+    from edgeslm.errors import ConfigError
+    from edgeslm.voice.intents import check_intent_model
+
+    check_intent_model("classify", "m", ["classify"], ["a", "b"], ["b"])
+    check_intent_model("similarity", "m", ["embed"], [], ["anything"])
+    with pytest.raises(ConfigError, match="voice.intent_model 'm' does not classify; choose a classifier"):
+        check_intent_model("classify", "m", ["embed"], [], ["a"])
+    with pytest.raises(ConfigError, match="voice.intent_model 'm' does not embed; choose an embedding model"):
+        check_intent_model("similarity", "m", ["classify"], ["a"], ["a"])
+    with pytest.raises(ConfigError, match=r"voice.intents\[1\].name 'c' is not a label of model 'm' \(a, b\)"):
+        check_intent_model("classify", "m", ["classify"], ["b", "a"], ["a", "c"])
