@@ -57,6 +57,19 @@ class ServerConfig(Settings):
     max_inputs: int = Field(256, ge=1, description="most texts (or rows) one request may carry; more gets 400")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a connection must send a whole request head within this long of "
+        "connecting (or of its first byte after a keep-alive wait), else it is closed, with 408 if it sent part "
+        "of one; checked once a second",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request's body must arrive within this long of its head, else 408 "
+        "and the connection closes; checked once a second",
+    )
+    max_connections: int = Field(
+        256, ge=1, le=1_000_000, description="most open connections: past it the longest-idle one is closed to "
+        "make room, or, with none idle, the new one gets 503; the open-file limit is raised to fit (or this lowered)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     _mode = field_validator("socket_mode", mode="before")(_parse_mode)

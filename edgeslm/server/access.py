@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from edgeslm.errors import ConfigError
 from edgeslm.server.bridge import TASKS_SCOPE_KEY, error_response
 
@@ -147,19 +145,6 @@ class _Forbidden:
             kind="permission_error", headers={"Connection": "close"},
         )
         await response(scope, receive, send)
-
-
-def protocol_class(policy: AccessPolicy) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol, checking each connection's peer against `policy` when it is accepted."""
-
-    class PeerCheckedProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            # uvicorn's set of request tasks (an internal; without it requests just take the cautious path)
-            tasks = getattr(self, "tasks", None)
-            self.app = policy.admit(self.app, transport.get_extra_info("socket"), tasks)
-
-    return PeerCheckedProtocol
 
 
 def peer_from_scope(scope: dict) -> Peer | None:

@@ -8,6 +8,7 @@ import functools
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -19,8 +20,9 @@ import uvicorn
 from edgeslm import __version__
 from edgeslm.config import Config
 from edgeslm.metrics.service import Metrics
-from edgeslm.server.access import AccessPolicy, protocol_class
+from edgeslm.server.access import AccessPolicy
 from edgeslm.server.app import build_app
+from edgeslm.server.connections import REFUSED_LINGER_MAX, ConnectionGuard, protocol_class
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
 from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
@@ -41,8 +43,10 @@ class DaemonServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, *, notifier: Notifier | None = None,
                  status: Callable[[], str] = lambda: "serving", inflight: InFlight | None = None,
-                 reloader: Reloader | None = None, hangups: list[int] | None = None, stops: list[int] | None = None):
+                 reloader: Reloader | None = None, hangups: list[int] | None = None, stops: list[int] | None = None,
+                 guard: ConnectionGuard | None = None):
         super().__init__(config)
+        self.guard = guard  # swept once a second (on_tick)
         self.stops = stops if stops is not None else []  # SIGINT/SIGTERMs seen before serving began
         self.notifier = notifier or Notifier({})
         self.status, self.inflight, self.reloader = status, inflight, reloader
@@ -113,6 +117,8 @@ class DaemonServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         self.notifier.tick()  # from the event loop itself, so a stuck loop stops the pings and systemd acts
+        if self.guard is not None and counter % 10 == 0 and self._loop is not None:  # ticks come every 0.1 s
+            self.guard.sweep(self._loop.time())
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: Any = None) -> None:
@@ -120,6 +126,8 @@ class DaemonServer(uvicorn.Server):
         log.info("stopped accepting; draining %d in-flight request(s)", in_flight)
         self.notifier.stopping(f"draining {in_flight} in-flight request(s)")
         await super().shutdown(sockets=sockets)
+        if self.guard is not None:
+            self.guard.end_burst()
         if self._reloads:
             await asyncio.gather(*self._reloads, return_exceptions=True)
         if self.reloader is not None:
@@ -143,6 +151,51 @@ def settle_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+# Descriptors the daemon holds besides client connections: the listening socket, model files, metrics and log
+# files, the event loop's and the runtimes' pipes and eventfds. 18 with one model and metrics off; each model,
+# the metrics writer and the voice pipeline add a few.
+FD_SPARE = 128
+
+
+def _open_file_limit() -> tuple[int, int]:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _set_open_file_limit(limits: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def fit_connection_cap(wanted: int, *, get_limit: Callable[[], tuple[int, int]] = _open_file_limit,
+                       set_limit: Callable[[tuple[int, int]], None] = _set_open_file_limit) -> int:
+    """How many connections the open-file limit lets the daemon hold, `wanted` (server.max_connections) if it can.
+
+    When the soft RLIMIT_NOFILE is too low for `wanted` plus FD_SPARE and the refused connections that linger, it
+    is raised toward the hard limit; if that is still short, the cap is lowered, with one warning.
+    """
+    soft, hard = get_limit()
+    need = wanted + REFUSED_LINGER_MAX + FD_SPARE
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    raise_to = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    why = f"the hard limit is {hard}"
+    if raise_to > soft:
+        try:
+            set_limit((raise_to, hard))
+        except (OSError, ValueError) as exc:
+            why = f"raising it failed: {exc}"
+        else:
+            log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d for server.max_connections = %d",
+                     soft, raise_to, wanted)
+            soft = raise_to
+    if soft >= need:
+        return wanted
+    cap = max(soft - REFUSED_LINGER_MAX - FD_SPARE, soft // 4, 1)
+    log.warning("the open-file limit (RLIMIT_NOFILE) is %d and %s; server.max_connections = %d needs %d with room "
+                "for model files, logs and refused connections: serving at most %d connections. Raise LimitNOFILE= "
+                "in the unit (or ulimit -n), or lower server.max_connections", soft, why, wanted, need, cap)
+    return cap
 
 
 def _describe_models(registry: ModelRegistry) -> list[str]:
@@ -273,11 +326,15 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             edge = EdgeServices.start(config, registry, recorder=metrics.recorder if metrics else None)
             app = build_app(registry, config, edge, metrics)
             inflight = InFlight(app)
+            guard = ConnectionGuard(header_timeout_s=server_config.header_timeout_s,
+                                    body_timeout_s=server_config.body_timeout_s,
+                                    max_connections=fit_connection_cap(server_config.max_connections))
             uv_config = uvicorn.Config(
-                inflight, http=protocol_class(policy), loop="uvloop", lifespan="off", access_log=False,
+                inflight, http=protocol_class(policy, guard), loop="uvloop", lifespan="off", access_log=False,
                 log_level="warning", timeout_graceful_shutdown=server_config.shutdown_timeout_s,
                 server_header=False, date_header=False, log_config=None,
                 proxy_headers=False,  # a Unix socket has no proxy in front; the middleware only costs time
+                ws="none",  # no WebSocket routes; an upgraded connection would also leave the guard's sight
             )
             status = functools.partial(status_text, registry)
             bus = edge.bus
@@ -291,7 +348,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
                                 on_reloading=notifier.reloading, on_done=reloaded)
             app.state.reloader = reloader
             server = DaemonServer(uv_config, notifier=notifier, status=status, inflight=inflight,
-                                  reloader=reloader, hangups=seen.hangups, stops=seen.stops)
+                                  reloader=reloader, hangups=seen.hangups, stops=seen.stops, guard=guard)
             edge.stopping = lambda: server.should_exit  # ends open event streams so shutdown does not wait on them
             print(f"edgeslm {__version__} listening on {where}", file=out)
             for line in _describe_models(registry) + edge.describe():

@@ -24,6 +24,14 @@ def test_defaults_serve_the_bundled_model_on_run_socket():
     assert (config.models[0].path / "model.toml").is_file()
 
 
+def test_connection_limits_default_and_read_from_the_environment():
+    server = load_config(None, env={}).server
+    assert (server.header_timeout_s, server.body_timeout_s, server.max_connections) == (10.0, 30.0, 256)
+    server = load_config(None, env={"EDGESLM_SERVER_MAX_CONNECTIONS": "8",
+                                    "EDGESLM_SERVER_HEADER_TIMEOUT_S": "0.5"}).server
+    assert (server.max_connections, server.header_timeout_s) == (8, 0.5)
+
+
 def test_file_values_and_relative_model_paths(tmp_path):
     path = write(tmp_path, '[server]\nsocket_path = "/tmp/x.sock"\nsocket_mode = "0600"\n'
                            '[[models]]\nname = "a"\npath = "models/a"\n[models.batching]\nmax_batch = 4\n')
@@ -50,6 +58,9 @@ def test_env_overrides_file(tmp_path):
         ('[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "a"\npath = "y"\n', "used twice"),
         ('[server\n', "not valid TOML"),
         ('[[models]]\nname = "a"\npath = "x"\nspin = "fast"\n', "models[0].spin"),
+        ('[server]\nheader_timeout_s = 0\n', "server.header_timeout_s"),
+        ('[server]\nbody_timeout_s = -1\n', "server.body_timeout_s"),
+        ('[server]\nmax_connections = 0\n', "server.max_connections"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, needle):

@@ -161,6 +161,11 @@ def test_settings_that_need_a_restart_are_named():
         h.current = Config(server=ServerConfig(socket_path=Path("/tmp/other.sock")), models=[model("a")])
         outcome = await h.reloader.reload()
         assert outcome.restart_needed == ["server.socket_path"] and "restart to apply" in outcome.summary()
+        # The connection guard takes its limits once, at start-up.
+        h.current = Config(server=ServerConfig(socket_path=Path("/tmp/other.sock"), max_connections=64,
+                                               header_timeout_s=3), models=[model("a")])
+        outcome = await h.reloader.reload()
+        assert outcome.restart_needed == ["server.header_timeout_s", "server.max_connections"]
 
     run(scenario())
 
