@@ -18,7 +18,16 @@ from edgeslm.config import Config
 from edgeslm.errors import BadInputError
 from edgeslm.metrics.service import Metrics
 from edgeslm.server import schemas
-from edgeslm.server.bridge import ModelCaller, as_list, endpoint, error_response, json_response, parse, read_body
+from edgeslm.server.bridge import (
+    ModelCaller,
+    as_list,
+    endpoint,
+    error_response,
+    json_response,
+    parse,
+    prepared,
+    read_body,
+)
 from edgeslm.server.completions import Completions
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.edge_api import mount_edge
@@ -65,7 +74,7 @@ class Api:
         model = self.registry.get(body.model, "classify")
         assert model.classify is not None
         texts = as_list(body.input, self.server.max_inputs)
-        encoded = model.classify.prepare(texts, truncate=body.truncate)
+        encoded = await prepared(sum(map(len, texts)), model.classify.prepare, texts, truncate=body.truncate)
         tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
                                         task="classify", tokens_in=tokens)
@@ -84,7 +93,7 @@ class Api:
                 param="dimensions",
             )
         texts = as_list(body.input, self.server.max_inputs)
-        encoded = model.embed.prepare(texts, truncate=body.truncate)
+        encoded = await prepared(sum(map(len, texts)), model.embed.prepare, texts, truncate=body.truncate)
         tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
                                         task="embed", tokens_in=tokens)

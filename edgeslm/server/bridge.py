@@ -33,13 +33,16 @@ from edgeslm.errors import (
     VoiceUnavailableError,
 )
 from edgeslm.metrics.recorder import Recorder
+from edgeslm.server.schemas import fields_at
 from edgeslm.tasks.served import ServedModel
+from edgeslm.tasks.text import LONG_TEXT_CHARS
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
 CALL_KEY = "edgeslm.call"  # scope key of the request's RequestCall (edgeslm.metrics.recorder)
 TASKS_SCOPE_KEY = "edgeslm.tasks"  # uvicorn's set of the server's request tasks (put there by server.access)
 _M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
 
 # Most specific first; HTTP status lives only here.
 STATUS: tuple[tuple[type[EdgeslmError], int, str], ...] = (
@@ -106,7 +109,11 @@ def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over `limit` bytes before reading it where possible."""
+    """The whole body, refusing (413) anything over `limit` bytes before reading it where possible.
+
+    A body that stops arriving does not hold this forever: past server.body_timeout_s the connection's guard
+    (server.connections.ConnectionGuard) answers 408 and closes it, and receive() says http.disconnect.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
@@ -144,15 +151,23 @@ def parse(model: type[_M], body: bytes | dict) -> _M:
     try:
         return model.model_validate(body) if isinstance(body, dict) else model.model_validate_json(body or b"")
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        first = errors[0]
         if first["type"] == "json_invalid":
             raise BadInputError(f"body is not valid JSON: {first['msg']}", code="invalid_json") from None
-        loc = field_path(first["loc"])
-        message = "; ".join(f"{field_path(e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        if first["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields)
-            message += f" (allowed fields: {allowed})"
-        raise BadInputError(message, param=loc, code="invalid_field") from None
+        parts, described = [], set()
+        for error in errors[:5]:
+            part = f"{field_path(error['loc']) or 'body'}: {error['msg']}"
+            # An unknown field: name the fields of the object it was sent in (a message, a tensor, the body).
+            where = tuple(error["loc"][:-1])
+            if error["type"] == "extra_forbidden" and where not in described:
+                described.add(where)
+                allowed = fields_at(model, where)
+                if allowed is not None:
+                    inside = field_path(where)
+                    part += f" (allowed fields{f' in {inside}' if inside else ''}: {', '.join(allowed)})"
+            parts.append(part)
+        raise BadInputError("; ".join(parts), param=field_path(first["loc"]), code="invalid_field") from None
 
 
 def as_list(value: str | list[str], cap: int) -> list[str]:
@@ -292,3 +307,12 @@ class ModelCaller:
             deadline_timer.cancel()
             if watcher is not None:
                 watcher.cancel()
+
+
+async def prepared(chars: int, prepare: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """`prepare(*args, **kwargs)` (tokenising a request's `chars` characters of text): on a worker thread when the
+    text is long (tasks.text.LONG_TEXT_CHARS), so one big request does not stall the event loop; inline
+    otherwise, since a thread hop costs a short voice command ~50 us."""
+    if chars > LONG_TEXT_CHARS:
+        return await asyncio.to_thread(prepare, *args, **kwargs)
+    return prepare(*args, **kwargs)

@@ -18,7 +18,7 @@ from edgeslm.config import Config
 from edgeslm.core.sampling import SamplingParams
 from edgeslm.errors import BadInputError, CancelledError, DeadlineError, EdgeslmError, UnknownModelError
 from edgeslm.metrics.recorder import Recorder, RequestCall
-from edgeslm.server.bridge import json_response, parse, read_body
+from edgeslm.server.bridge import json_response, parse, prepared, read_body
 from edgeslm.server.completion_schemas import UNSUPPORTED_FIELDS, ChatRequest, CompletionRequest, SamplingFields
 from edgeslm.tasks.generate import Generation, GenerationEvent, GenerationRequest
 from edgeslm.tasks.llm import GenerativeModel
@@ -127,8 +127,8 @@ class Completions:
             texts = [prompt] if isinstance(prompt, str) else prompt
             if len(texts) != 1:
                 raise BadInputError(f"send exactly one prompt (got {len(texts)})", param="prompt")
-            ids = model.encode(texts[0])  # type: ignore[arg-type]
-        max_tokens = model.max_tokens_for(len(ids), body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS)
+            ids = await prepared(len(texts[0]), model.encode, texts[0])  # type: ignore[arg-type]
+        max_tokens = model.max_tokens_for(len(ids), body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, "prompt")
         return await self._respond(request, model, body, ids, max_tokens, chat=False)
 
     async def chat(self, request: Request) -> Response:
@@ -142,7 +142,7 @@ class Completions:
             if content is None:
                 raise BadInputError(f"messages[{i}] has no content", param=f"messages[{i}].content")
             messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
-        ids = model.chat_prompt(messages)
+        ids = await prepared(sum(len(m["content"]) for m in messages), model.chat_prompt, messages)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = model.max_tokens_for(len(ids), requested, model.config.generation.default_max_tokens)
         return await self._respond(request, model, body, ids, max_tokens, chat=True)

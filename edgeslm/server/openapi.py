@@ -10,8 +10,13 @@ from pydantic.json_schema import models_json_schema
 from edgeslm.server import completion_schemas, edge_schemas, schemas
 from edgeslm.server.reload import ReloadAnswer
 
-# (method, path, summary, request schema, response schema, error statuses)
-OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], tuple[int, ...]], ...] = (
+# Answers that are not a schema's JSON: media type -> what the body is.
+PROMETHEUS_TEXT = {"text/plain": {"schema": {"type": "string", "description": "Prometheus text exposition format"}}}
+THIS_DOCUMENT = {"application/json": {"schema": {"type": "object", "description": "this OpenAPI 3.1 document"}}}
+
+# (method, path, summary, request schema, response schema or content, error statuses)
+OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | dict[str, Any], tuple[int, ...]],
+                  ...] = (
     ("get", "/health", "Liveness: the daemon answers", None, schemas.Health, ()),
     ("get", "/ready", "Readiness: every enabled model loaded (503 lists which failed and why)", None,
      schemas.Readiness, (503,)),
@@ -25,6 +30,8 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      completion_schemas.CompletionRequest, completion_schemas.CompletionResponse, (400, 404, 413, 503, 504)),
     ("post", "/v1/chat/completions", "Chat (OpenAI-compatible; stream: true for server-sent events)",
      completion_schemas.ChatRequest, completion_schemas.ChatResponse, (400, 404, 413, 503, 504)),
+    ("get", "/v2/models/{name}", "KServe v2 model metadata: input and output names, datatypes and shapes", None,
+     schemas.ModelMetadata, (404, 503)),
     ("post", "/v2/models/{name}/infer", "Raw tensors in and out (KServe v2; binary extension supported)",
      schemas.InferRequest, schemas.InferResponse, (400, 404, 413, 503, 504)),
     ("post", "/v1/audio/intent", "A 16 kHz mono 16-bit WAV (raw body, or form field `file`) through VAD, speech, "
@@ -34,6 +41,9 @@ OPERATIONS: tuple[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      edge_schemas.PressAnswer, (400, 503)),
     ("post", "/admin/reload", "Re-read the config, swap changed models (root and the daemon's user)", None,
      ReloadAnswer, (403, 422)),
+    ("get", "/metrics", "Prometheus text: requests, latency, batches, queue depth, power, temperature "
+     "(404 when [metrics] is off)", None, PROMETHEUS_TEXT, (404,)),
+    ("get", "/openapi.json", "This document", None, THIS_DOCUMENT, ()),
 )
 
 
@@ -52,9 +62,7 @@ EVENTS_OPERATION = {"get": {
 def openapi_document(version: str) -> dict[str, Any]:
     models = {schemas.ErrorBody}
     for _, _, _, request, response, _ in OPERATIONS:
-        models.add(response)
-        if request is not None:
-            models.add(request)
+        models.update(m for m in (request, response) if isinstance(m, type))
     mapping, top = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
@@ -66,9 +74,10 @@ def openapi_document(version: str) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request, response, errors in OPERATIONS:
+        content = response if isinstance(response, dict) else {"application/json": {"schema": ref(response)}}
         operation: dict[str, Any] = {
             "summary": summary,
-            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ref(response)}}}},
+            "responses": {"200": {"description": "OK", "content": content}},
         }
         for status in errors:
             operation["responses"][str(status)] = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -120,6 +122,21 @@ class InferResponse(BaseModel):
     outputs: list[InferOutput]
 
 
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, FP32 or FP64")
+    shape: list[int] = Field(description="-1 where the model takes any size")
+
+
+class ModelMetadata(BaseModel):
+    """KServe v2 model metadata: what POST /v2/models/{name}/infer takes and gives."""
+
+    name: str
+    platform: str = Field(description="the runtime that serves the model: onnx, tflite, ...")
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -159,3 +176,51 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def fields_at(schema: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """The fields of the model that `loc` (a pydantic error location) points into, as a client spells them.
+
+    ("messages", 0) in a ChatRequest -> ChatMessage's fields. None when `loc` leads somewhere that is not a model,
+    or to one of several models a union could mean.
+    """
+    target = _model_at(schema, tuple(loc))
+    if target is None:
+        return None
+    return [field.alias or name for name, field in target.model_fields.items()]
+
+
+def _model_at(annotation: Any, loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _model_at(args[0], loc)
+    if origin in (Union, types.UnionType):
+        members = [arg for arg in args if arg is not type(None)]
+        if len(members) == 1:  # X | None: pydantic puts no tag in the location
+            return _model_at(members[0], loc)
+        # pydantic names the member an error is in: "TextPart" for a model, "list[TextPart]" for a generic.
+        tagged = [m for m in members if loc and isinstance(loc[0], str) and _is_tag(loc[0], m)]
+        return _model_at(tagged[0], loc[1:]) if len(tagged) == 1 else None
+    if not loc:
+        return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    part, rest = loc[0], loc[1:]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            if part in (name, field.alias):
+                return _model_at(field.annotation, rest)
+        return None
+    if origin in (list, set, frozenset, Sequence) and isinstance(part, int) and args:
+        return _model_at(args[0], rest)
+    if origin is tuple and isinstance(part, int) and args:
+        item = args[0] if args[-1] is Ellipsis else args[part] if part < len(args) else None
+        return _model_at(item, rest)
+    if origin is dict and isinstance(part, str) and len(args) == 2:
+        return _model_at(args[1], rest)
+    return None
+
+
+def _is_tag(part: str, member: Any) -> bool:
+    origin = get_origin(member)
+    if origin is not None:
+        return part.startswith(f"{getattr(origin, '__name__', '')}[")
+    return part == getattr(member, "__name__", None)

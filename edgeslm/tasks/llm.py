@@ -18,6 +18,7 @@ from edgeslm.tasks.card import ModelCard, locate_model, sha256_of
 from edgeslm.tasks.chat import CardGenerate, ChatTemplate
 from edgeslm.tasks.decoder import Decoder
 from edgeslm.tasks.generate import Generator
+from edgeslm.tasks.text import token_ids
 
 
 class GenerativeModel:
@@ -100,22 +101,25 @@ class GenerativeModel:
     # Prompts ----------------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> np.ndarray:
-        ids = self.tokenizer.encode(text, add_special_tokens=True).ids
-        return np.array(ids, dtype=np.int64)
+        return np.array(token_ids(self.tokenizer, text), dtype=np.int64)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
         if not messages:
             raise BadInputError("messages is empty; send at least one message", param="messages")
         text = self.template.render(messages, add_generation_prompt=True)
         # The template writes the special tokens itself: no extra BOS.
-        return np.array(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return np.array(token_ids(self.tokenizer, text, add_special_tokens=False), dtype=np.int64)
 
-    def max_tokens_for(self, prompt_tokens: int, requested: int | None, default: int) -> int:
-        left = self.decoder.context - prompt_tokens
-        if left <= 0:
-            raise BadInputError(f"the prompt is {prompt_tokens} tokens; the context holds {self.decoder.context}: "
-                                "shorten it", param="messages")
-        return min(default, left) if requested is None else requested
+    def max_tokens_for(self, prompt_tokens: int, requested: int | None, default: int, param: str = "messages") -> int:
+        """How many tokens to generate; a prompt that fills the context is a 400 naming `param` (the request's
+        prompt or messages)."""
+        context = self.decoder.context
+        if prompt_tokens >= context:
+            counted = (f"prompt is {prompt_tokens} tokens" if param == "prompt"
+                       else f"messages are {prompt_tokens} tokens with the chat template")
+            raise BadInputError(f"{counted}; model {self.name!r} holds {context} (its context, the answer included): "
+                                f"shorten the {param}", param=param)
+        return min(default, context - prompt_tokens) if requested is None else requested
 
     # Registry hooks ---------------------------------------------------------------------------------------
 

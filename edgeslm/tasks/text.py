@@ -15,6 +15,17 @@ from edgeslm.errors import BadInputError, ModelLoadError
 from edgeslm.tasks.tensors import TokenInput
 
 TRUNCATE_FIX = 'send "truncate": true'  # the fix for an over-long text, as HTTP clients word it (the CLI rewords it)
+# Past this many characters a text is tokenised by tokenizers' batch call, which lets the GIL go (its one-text
+# call keeps it: 1 MB held every other thread, the event loop too, for ~0.6 s), and the server runs the work
+# on a thread. Shorter texts, voice commands among them, keep the one-text call and stay on the loop.
+LONG_TEXT_CHARS = 16 * 1024
+
+
+def token_ids(tokenizer: Tokenizer, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """`text`'s ids; a long text through the batch call (see LONG_TEXT_CHARS)."""
+    if len(text) <= LONG_TEXT_CHARS:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    return tokenizer.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +134,7 @@ class TextEncoder:
         tokenizer = self._tokenizer
         if self._ascii is not None and all(text.isascii() for text in texts):
             tokenizer = self._ascii
-        if len(texts) == 1:
+        if len(texts) == 1 and len(texts[0]) <= LONG_TEXT_CHARS:
             return self._encode_one(tokenizer.encode(texts[0]), texts[0], truncate, param)
         encodings = tokenizer.encode_batch_fast(list(texts))
         rows = [enc.ids for enc in encodings]

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,27 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
 
 def curl_available() -> bool:
     return shutil.which("curl") is not None
+
+
+def health_waits_during(daemon: Daemon, path: str, body: bytes) -> tuple[httpx.Response, float, list[float]]:
+    """POST `body` to `path` while another client asks GET /health, one request after another, until it is
+    answered: its response, how long it took (s), and how long each /health took (s)."""
+    answer: dict[str, object] = {}
+
+    def post() -> None:
+        with daemon.client() as client:
+            started = time.perf_counter()
+            answer["response"] = client.post(path, content=body, headers={"content-type": "application/json"})
+            answer["seconds"] = time.perf_counter() - started
+
+    waits = []
+    with daemon.client() as client:
+        assert client.get("/health").status_code == 200  # connected before the big request goes
+        poster = threading.Thread(target=post)
+        poster.start()
+        while poster.is_alive():
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            waits.append(time.perf_counter() - started)
+        poster.join()
+    return answer["response"], answer["seconds"], waits  # type: ignore[return-value]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import INTENTS, Daemon, curl_available
+from .conftest import INTENTS, Daemon, curl_available, health_waits_during
 
 pytestmark = pytest.mark.integration
 PHRASE = "turn on the kitchen light"
@@ -189,6 +189,19 @@ def test_concurrent_clients_all_get_their_own_answer(daemon):
         answers = list(pool.map(one, texts))
     singles = {t: one(t)["label"] for t in set(texts)}
     assert [a["label"] for a in answers] == [singles[t] for t in texts]
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/embeddings"])
+@pytest.mark.parametrize("count", [8, 1])
+def test_a_megabyte_of_texts_is_tokenised_while_health_keeps_answering(daemon, path, count):
+    # One long text matters as much as several: tokenizers' one-text call holds the GIL even on a thread.
+    texts = ["turn on the kitchen light please " * (31_200 // count)] * count  # ~1 MB: under server.max_body_bytes
+    body = json.dumps({"model": "intents", "input": texts}).encode()
+    response, seconds, health_waits = health_waits_during(daemon, path, body)
+    assert response.status_code == 200, response.text
+    assert [d["truncated"] for d in response.json()["data"]] == [True] * count
+    # On the event loop, tokenising held a /health for nearly all of the request; off it, for a few percent.
+    assert health_waits and max(health_waits) < 0.75 * seconds, (max(health_waits), seconds, len(health_waits))
 
 
 # -- lifecycle: each test starts its own daemon ---------------------------------------------------

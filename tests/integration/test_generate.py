@@ -13,7 +13,10 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Daemon
+from edgeslm.config import ModelConfig
+from edgeslm.tasks.llm import GenerativeModel
+
+from .conftest import Daemon, health_waits_during
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny"
@@ -131,6 +134,49 @@ def test_client_errors_are_4xx_naming_the_field(sdk, llm_daemon):
             r = client.post("/v1/completions", content=body)
             assert r.status_code == 400, (body, r.text)
             assert r.json()["error"]["message"]
+
+
+def test_a_prompt_over_the_context_is_a_400_naming_prompt_or_messages(llm_daemon):
+    long_text = "the weather is fine today " * 60  # over the 256-token context
+    with llm_daemon.client() as client:
+        for body in ({"model": MODEL, "prompt": long_text}, {"model": MODEL, "prompt": [5] * 300}):
+            r = client.post("/v1/completions", json=body)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["param"] == "prompt", r.text
+            assert error["message"].startswith("prompt is ") and "shorten the prompt" in error["message"]
+        r = client.post("/v1/chat/completions", json={"model": MODEL, "messages": [
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": long_text}]})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "messages", r.text
+        assert error["message"].startswith("messages are ") and "shorten the messages" in error["message"]
+
+
+@pytest.fixture(scope="module")
+def reference_llm(tiny_llm):
+    """The served model in this process: the token ids a prompt short enough to encode on the event loop gets."""
+    model = GenerativeModel.load(ModelConfig(name=MODEL, path=tiny_llm, threads=1, selfcheck=False))
+    yield model
+    model.close(timeout_s=5)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_a_megabyte_prompt_is_tokenised_while_health_keeps_answering(llm_daemon, reference_llm, chat):
+    text = "the weather is fine today " * 38_000  # 0.99 MB: under server.max_body_bytes
+    if chat:
+        messages = [{"role": "user", "content": text}]
+        path, body, param = "/v1/chat/completions", {"model": MODEL, "messages": messages}, "messages"
+        expected = f"messages are {len(reference_llm.chat_prompt(messages))} tokens"
+    else:
+        path, body, param = "/v1/completions", {"model": MODEL, "prompt": text}, "prompt"
+        expected = f"prompt is {len(reference_llm.encode(text))} tokens"
+    response, seconds, health_waits = health_waits_during(llm_daemon, path, json.dumps(body).encode())
+    error = response.json()["error"]
+    # Refused for its length, having counted the same tokens as the short-prompt path would.
+    assert response.status_code == 400 and error["param"] == param and error["message"].startswith(expected), \
+        (expected, error)
+    # Tokenised on the event loop, the prompt held a /health for all of the request but its upload (99% of it
+    # here); off the loop, the longest /health took 3-15% of it (once 44%, on a busy machine).
+    assert health_waits and max(health_waits) < 0.75 * seconds, (max(health_waits), seconds, len(health_waits))
 
 
 def test_unsupported_openai_features_are_refused_not_ignored(sdk):

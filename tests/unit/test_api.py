@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import threading
 
 import httpx
 import numpy as np
 import pytest
+from starlette.routing import Mount, Route
 
 from edgeslm.config import Config, ModelConfig, ServerConfig
 from edgeslm.runtime.fake import FakeEngine
 from edgeslm.server.app import build_app
+from edgeslm.server.schemas import ModelMetadata
 from edgeslm.tasks.served import ModelRegistry, ServedModel
 
 
@@ -210,6 +213,47 @@ def test_openapi_lists_the_endpoints_and_schemas(served):
     assert ref.endswith("/ClassifyRequest")
 
 
+def served_operations(routes, prefix=""):
+    """(method, path) of every route, mounted ones included; HEAD, which Starlette adds to every GET, left out."""
+    operations = set()
+    for route in routes:
+        if isinstance(route, Mount):
+            operations |= served_operations(route.routes, prefix + route.path_format)
+        elif isinstance(route, Route):
+            assert route.methods, f"{route.path} takes any method: name them, and document each"
+            operations |= {(m.lower(), prefix + route.path_format) for m in route.methods if m != "HEAD"}
+        else:
+            raise AssertionError(f"{route!r}: this test does not know this kind of route; teach it")
+    return operations
+
+
+def test_openapi_documents_exactly_the_routes_the_app_serves(served):
+    registry, _ = served
+    app = build_app(registry, Config(models=[]))
+    doc = call(registry, "GET", "/openapi.json").json()
+    documented = {(method, path) for path, operations in doc["paths"].items() for method in operations}
+    served_ops = served_operations(app.routes)
+    assert served_ops - documented == set(), "served but not in /openapi.json"
+    assert documented - served_ops == set(), "in /openapi.json but not served"
+    for method, path in documented:
+        declared = {p["name"] for p in doc["paths"][path][method].get("parameters", []) if p["in"] == "path"}
+        assert declared == set(re.findall(r"{(\w+)}", path)), (method, path)
+
+
+def test_model_metadata_answers_what_openapi_says(served):
+    registry, _ = served
+    r = call(registry, "GET", "/v2/models/fake")
+    assert r.status_code == 200, r.text
+    metadata = ModelMetadata.model_validate(r.json())
+    assert [t.name for t in metadata.inputs] == ["input_ids", "attention_mask"] and metadata.platform == "fake"
+    assert metadata.outputs[0].shape == [-1, 4]
+    assert call(registry, "GET", "/v2/models/nope").json()["error"]["code"] == "model_not_found"
+    doc = call(registry, "GET", "/openapi.json").json()
+    answer = doc["paths"]["/v2/models/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/ModelMetadata")
+    assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
 def test_fast_routes_keep_the_full_stack_for_other_methods(served):
     registry, _ = served
     app = build_app(registry, Config(models=[]))
@@ -307,6 +351,49 @@ def test_unknown_completion_fields_are_400_naming_the_field(served, path, extra,
     body = {**(CHAT if "chat" in path else {"prompt": "hi"}), **extra}
     r = call(registry, "POST", path, json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.parametrize("path, body, param, allowed", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi", "foo": 1}]}, "messages[0].foo",
+     "(allowed fields in messages[0]: role, content, name)"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "foo": 1}]}]},
+     "messages[0].content", "(allowed fields in messages[0].content[0]: type, text)"),
+    ("/v1/chat/completions", {**CHAT, "stream_options": {"colour": 1}}, "stream_options.colour",
+     "(allowed fields in stream_options: include_usage, include_obfuscation)"),
+    ("/v2/models/fake/infer", {"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [2],
+                                           "dtype": "int64"}]},
+     "inputs[0].dtype", "(allowed fields in inputs[0]: name, shape, datatype, parameters, data)"),
+    ("/v1/classify", {"input": "up", "colour": 1}, "colour", "(allowed fields: model, input, top_k, truncate)"),
+])
+def test_an_unknown_field_lists_the_fields_of_the_object_it_is_in(served, path, body, param, allowed):
+    registry, _ = served
+    r = call(registry, "POST", path, json=body)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == param, r.text
+    assert allowed in error["message"] and error["message"].count("allowed fields") == 1, error["message"]
+
+
+def test_fields_at_says_nothing_where_the_schema_cannot_tell():
+    from pydantic import BaseModel
+
+    from edgeslm.server.schemas import fields_at
+
+    class A(BaseModel):
+        a: int
+
+    class B(BaseModel):
+        b: int
+
+    class Body(BaseModel):
+        either: A | B
+        named: dict[str, A]
+        pair: tuple[A, B]
+
+    assert fields_at(Body, ()) == ["either", "named", "pair"]
+    assert fields_at(Body, ("either", "B")) == ["b"]  # pydantic names the union member
+    assert fields_at(Body, ("named", "k")) == ["a"] and fields_at(Body, ("pair", 1)) == ["b"]
+    assert fields_at(Body, ("either",)) is None  # A or B: not known which
+    assert fields_at(Body, ("nope",)) is None and fields_at(Body, ("named", "k", "a")) is None
 
 
 @pytest.mark.parametrize("extra", [
