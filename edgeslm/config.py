@@ -66,6 +66,11 @@ class ServerConfig(Settings):
         30.0, gt=0, le=3600, description="a request's body must arrive within this long of its head, else 408 "
         "and the connection closes; checked once a second",
     )
+    send_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="an answer its client does not read for this long (the connection's send "
+        "buffer not draining) is dropped and the connection closed, so unread answers cannot pile up in memory; "
+        "checked once a second",
+    )
     max_connections: int = Field(
         256, ge=1, le=1_000_000, description="most open connections: past it the longest-idle one is closed to "
         "make room, or, with none idle, the new one gets 503; the open-file limit is raised to fit (or this lowered)",

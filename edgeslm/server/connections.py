@@ -42,8 +42,10 @@ class ConnectionGuard:
     a warning at the first, a count once a sweep passes without any.
     """
 
-    def __init__(self, *, header_timeout_s: float, body_timeout_s: float, max_connections: int):
+    def __init__(self, *, header_timeout_s: float, body_timeout_s: float, max_connections: int,
+                 send_timeout_s: float = 30.0):
         self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
+        self.send_timeout_s = send_timeout_s
         self.max_connections = max_connections
         self.open: set[Any] = set()  # admitted, not yet closed: the protocols (see protocol_class)
         self.lingering: list[tuple[float, Any]] = []  # refused: (when, transport), closed by a later sweep
@@ -66,10 +68,12 @@ class ConnectionGuard:
             "connect": f"closing connections that sent nothing within {header}",
             "head": f"closing connections that sent part of a request head but not all within {header} (408)",
             "body": f"closing requests whose body did not arrive within {body} of the head (408)",
+            "send": f"dropping answers their clients did not read for {send_timeout_s:g} s (server.send_timeout_s), "
+                    "and their connections",
         }
         self.counted_words = {"evicted": "idle closed to make room", "refused": "refused (503)",
                               "connect": "closed having sent nothing", "head": "closed mid-head (408)",
-                              "body": "closed mid-body (408)"}
+                              "body": "closed mid-body (408)", "send": "closed with an unread answer"}
 
     def admit(self, conn: Any, now: float) -> bool:
         """Count a new connection in; at the cap, close the longest-idle one for it, or refuse it (503) if none is
@@ -106,6 +110,10 @@ class ConnectionGuard:
             for transport in due:
                 transport.close()
         for conn in list(self.open):
+            unread = conn.unread_since(now)
+            if unread is not None and now - unread >= self.send_timeout_s:
+                self.close(conn, "send")  # no reply: it would queue behind what the client does not read
+                continue
             waiting = conn.waiting(now)
             if waiting is not None:
                 what, since = waiting
@@ -143,6 +151,7 @@ def protocol_class(policy: AccessPolicy, guard: ConnectionGuard) -> type[HttpToo
             super().connection_made(transport)
             self.connected_at = self.loop.time()
             self.seen: tuple[Any, str, float] = (None, "", 0.0)  # a phase first seen: (cycle, what, when)
+            self.unread: tuple[int, float] | None = None  # (send buffer bytes, since when it has not shrunk)
             if not guard.admit(self, self.connected_at):
                 return  # answered 503; reading paused, so no request reaches the app
             # uvicorn's set of request tasks (an internal; without it requests just take the cautious path)
@@ -174,6 +183,20 @@ def protocol_class(policy: AccessPolicy, guard: ConnectionGuard) -> type[HttpToo
                 return None
             # Answered, and bytes of the next request have come since (they cancelled the keep-alive timer).
             return "head", self._first_seen(cycle, "head", now)
+
+        def unread_since(self, now: float) -> float | None:
+            """Since when answers have waited in the send buffer without it shrinking (a client that does not
+            read); None while it is empty. A buffer that shrank between two sweeps is a client reading: timed anew.
+            The transport may already be closing (uvicorn's keep-alive close waits for the buffer to drain)."""
+            size = self.transport.get_write_buffer_size()
+            if not size:
+                self.unread = None
+                return None
+            if self.unread is None or size < self.unread[0]:
+                self.unread = (size, now)
+            else:
+                self.unread = (size, self.unread[1])
+            return self.unread[1]
 
         def _first_seen(self, cycle: Any, what: str, now: float) -> float:
             # Sweeps see a request's phases, not their starts, so a phase is timed from the first look at it.

@@ -328,6 +328,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
             inflight = InFlight(app)
             guard = ConnectionGuard(header_timeout_s=server_config.header_timeout_s,
                                     body_timeout_s=server_config.body_timeout_s,
+                                    send_timeout_s=server_config.send_timeout_s,
                                     max_connections=fit_connection_cap(server_config.max_connections))
             uv_config = uvicorn.Config(
                 inflight, http=protocol_class(policy, guard), loop="uvloop", lifespan="off", access_log=False,

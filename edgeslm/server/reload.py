@@ -22,7 +22,7 @@ from edgeslm.tasks.served import ModelRegistry, ServedModel, load_model
 log = logging.getLogger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...] | None
 RESTART_ONLY_SERVER_KEYS = ("socket_path", "socket_mode", "socket_group", "header_timeout_s", "body_timeout_s",
-                            "max_connections")
+                            "send_timeout_s", "max_connections")
 
 
 class InFlight:

@@ -184,3 +184,44 @@ def test_bad_connection_settings_exit_78_naming_the_keys(tmp_path):
     for key in ("server.header_timeout_s", "server.body_timeout_s", "server.max_connections"):
         assert key in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def embeddings_request(texts: int = 256) -> bytes:
+    # ~270 KB of JSON back: more than a socket buffer holds
+    body = json.dumps({"model": "intents", "input": [PHRASE] * texts}).encode()
+    return b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_answers_a_client_does_not_read_are_dropped_and_a_slow_reader_is_not(tmp_path):
+    d = limits_daemon(tmp_path, send_timeout_s=1)
+    steady = SteadyClient(d)
+    steady.start()
+    try:
+        deaf = connect(d, embeddings_request() * 3)  # pipelined, never read: answers pile up in the daemon
+        slow = connect(d, embeddings_request())
+        answer = b""
+        while not answer.endswith(b"}") or b"\r\n\r\n" not in answer:  # 64 KB every 0.4 s: slow, but reading
+            time.sleep(0.4)
+            answer += slow.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and len(json.loads(body)["data"]) == 256
+        deadline = time.monotonic() + CLOSED_WITHIN_S
+        while b"closed with an unread answer" not in d.output().encode() and \
+                b"did not read for 1 s" not in d.output().encode():
+            assert time.monotonic() < deadline, d.output()
+            time.sleep(0.2)
+        deaf.settimeout(CLOSED_WITHIN_S)
+        got = b""
+        try:
+            while chunk := deaf.recv(1 << 20):  # what the kernel had taken, then the end: the daemon let go
+                got += chunk
+        except ConnectionResetError:
+            pass
+        assert len(got) < 3 * 270_000  # not every answer: the rest was dropped with the connection
+        statuses = steady.stop()
+    finally:
+        steady.stop()
+        assert d.stop() == 0
+    assert statuses and set(statuses) == {200}
+    assert "dropping answers their clients did not read for 1 s (server.send_timeout_s)" in d.output()

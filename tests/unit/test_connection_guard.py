@@ -35,6 +35,7 @@ class FakeConnection:
     def __init__(self, waiting: tuple[str, float] | None = None, idle_since: float | None = None):
         self.transport = FakeTransport()
         self.waits, self.idle = waiting, idle_since
+        self.unread: float | None = None
         self.reply: bytes | None = None
 
     def waiting(self, now: float) -> tuple[str, float] | None:
@@ -43,6 +44,9 @@ class FakeConnection:
     def idle_since(self, now: float) -> float | None:
         return self.idle
 
+    def unread_since(self, now: float) -> float | None:
+        return self.unread
+
     def close_with(self, reply: bytes | None) -> None:
         self.reply = reply
         self.transport.close()
@@ -50,6 +54,19 @@ class FakeConnection:
 
 def guard(max_connections: int = 3) -> ConnectionGuard:
     return ConnectionGuard(header_timeout_s=10, body_timeout_s=30, max_connections=max_connections)
+
+
+def test_an_answer_left_unread_past_send_timeout_s_closes_its_connection_without_a_reply():
+    g = ConnectionGuard(header_timeout_s=10, body_timeout_s=30, max_connections=3, send_timeout_s=5)
+    deaf, reading = FakeConnection(), FakeConnection()
+    for conn in (deaf, reading):
+        assert g.admit(conn, 0)
+    deaf.unread = 0.0
+    g.sweep(4.9)
+    assert not deaf.transport.closed
+    g.sweep(5)
+    assert deaf.transport.closed and deaf.reply is None and g.burst["send"] == 1
+    assert not reading.transport.closed and g.open == {reading}
 
 
 def test_heads_and_bodies_are_held_to_their_own_deadlines():
