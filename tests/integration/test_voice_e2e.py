@@ -49,9 +49,15 @@ def outputs(daemon: Daemon) -> dict[int, bool]:
 
 
 def press_and_wait(daemon: Daemon, reader: EventReader) -> list[tuple[str, dict]]:
+    """Press the talk button for 50 ms: the events up to the command's result. Returns only once the button is
+    released too: a result can come first (no microphone fails at once), and a next press made while this one
+    is still held is no edge at all, so it would start nothing."""
     r = daemon.client().post(f"/v1/gpio/{TRIGGER_PIN}/press", json={"hold_ms": 50})
     assert r.status_code == 200, r.text
-    return reader.until({"intent", "no_match", "error"})
+    seen = reader.until({"intent", "no_match", "error"})
+    if not any(kind == "button" and data["edge"] == "release" for kind, data in seen):
+        assert reader.until({"button"})[-1][1]["edge"] == "release"
+    return seen
 
 
 @needs_tools

@@ -109,8 +109,13 @@ def test_simulated_presses_only_on_the_mock_backend(board):
             board.press(17, 100)
         return
     board.press(17, 100)
+    with pytest.raises(BadInputError, match="pin 17 is still held by an earlier press for 100 ms; press again"):
+        board.press(17, 100)  # driving a held line is no edge: it would have done nothing
     clock.advance(0.2)
     assert [e.kind for e in events] == ["press", "release"]
+    board.press(17, 100)  # released: a new press
+    clock.advance(0.2)
+    assert [e.kind for e in events] == ["press", "release", "press", "release"]
     with pytest.raises(BadInputError, match="not a configured trigger"):
         board.press(27, 100)
 

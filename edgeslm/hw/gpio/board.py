@@ -23,6 +23,8 @@ class GpioBoard:
         self.triggers: dict[int, GpioTriggerConfig] = {t.pin: t for t in config.triggers}
         self.buttons: dict[int, Button] = {}
         self._pulses: dict[int, Handle] = {}
+        self._clock = clock
+        self._simulated_until: dict[int, float] = {}  # pin -> when its simulated press releases
         self._lock = threading.RLock()
         try:
             for output in config.outputs:
@@ -100,7 +102,15 @@ class GpioBoard:
             known = ", ".join(str(p) for p in self.triggers) or "none"
             raise BadInputError(f"pin {pin} is not a configured trigger; triggers: {known}", param="pin")
         active = 0 if trigger.edge == "falling" else 1
-        self.backend.drive(pin, active)
+        with self._lock:
+            now = self._clock()
+            until = self._simulated_until.get(pin, float("-inf"))
+            if now < until:
+                # Driving a line that is already held is no edge: the press would silently do nothing.
+                raise BadInputError(f"pin {pin} is still held by an earlier press for {(until - now) * 1000:.0f} ms; "
+                                    "press again once it is released", param="pin", code="still_pressed")
+            self.backend.drive(pin, active)
+            self._simulated_until[pin] = now + hold_ms / 1000
         self._scheduler.call_later(hold_ms / 1000, lambda: self.backend.drive(pin, 1 - active))
 
     def status(self) -> dict[str, Any]:
