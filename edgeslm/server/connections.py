@@ -1,9 +1,12 @@
-"""How long a client may hold a connection: request-head and body deadlines, and a cap on open connections."""
+"""How long a client may hold a connection: request-head, body and send deadlines, and a cap on open connections
+that fits the open-file limit."""
 
 from __future__ import annotations
 
 import logging
+import resource
 from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -42,11 +45,10 @@ class ConnectionGuard:
     a warning at the first, a count once a sweep passes without any.
     """
 
-    def __init__(self, *, header_timeout_s: float, body_timeout_s: float, max_connections: int,
-                 send_timeout_s: float = 30.0):
+    def __init__(self, *, header_timeout_s: float, body_timeout_s: float, send_timeout_s: float,
+                 max_connections: int):
         self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
-        self.send_timeout_s = send_timeout_s
-        self.max_connections = max_connections
+        self.send_timeout_s, self.max_connections = send_timeout_s, max_connections
         self.open: set[Any] = set()  # admitted, not yet closed: the protocols (see protocol_class)
         self.lingering: list[tuple[float, Any]] = []  # refused: (when, transport), closed by a later sweep
         self.burst: Counter[str] = Counter()
@@ -122,7 +124,8 @@ class ConnectionGuard:
         size = sum(self.burst.values())
         if size == self._burst_size:  # a whole sweep without any
             self.end_burst()
-        self._burst_size = sum(self.burst.values())
+            size = 0
+        self._burst_size = size
 
     def end_burst(self) -> None:
         """Log what the burst closed, if there was one (each sweep that follows a quiet second, and at shutdown)."""
@@ -135,6 +138,51 @@ class ConnectionGuard:
         if not self.burst:
             log.warning("%s; more are counted, not logged, until a second passes without any", self.first_words[what])
         self.burst[what] += 1
+
+
+# Descriptors the daemon holds besides client connections: the listening socket, model files, metrics and log
+# files, the event loop's and the runtimes' pipes and eventfds. 18 with one model and metrics off; each model,
+# the metrics writer and the voice pipeline add a few.
+FD_SPARE = 128
+
+
+def _open_file_limit() -> tuple[int, int]:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _set_open_file_limit(limits: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def fit_connection_cap(wanted: int, *, get_limit: Callable[[], tuple[int, int]] = _open_file_limit,
+                       set_limit: Callable[[tuple[int, int]], None] = _set_open_file_limit) -> int:
+    """How many connections the open-file limit lets the daemon hold, `wanted` (server.max_connections) if it can.
+
+    When the soft RLIMIT_NOFILE is too low for `wanted` plus FD_SPARE and the refused connections that linger, it
+    is raised toward the hard limit; if that is still short, the cap is lowered, with one warning.
+    """
+    soft, hard = get_limit()
+    need = wanted + REFUSED_LINGER_MAX + FD_SPARE
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    raise_to = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    why = f"the hard limit is {hard}"
+    if raise_to > soft:
+        try:
+            set_limit((raise_to, hard))
+        except (OSError, ValueError) as exc:
+            why = f"raising it failed: {exc}"
+        else:
+            log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d for server.max_connections = %d",
+                     soft, raise_to, wanted)
+            soft = raise_to
+    if soft >= need:
+        return wanted
+    cap = max(soft - REFUSED_LINGER_MAX - FD_SPARE, soft // 4, 1)
+    log.warning("the open-file limit (RLIMIT_NOFILE) is %d and %s; server.max_connections = %d needs %d with room "
+                "for model files, logs and refused connections: serving at most %d connections. Raise LimitNOFILE= "
+                "in the unit (or ulimit -n), or lower server.max_connections", soft, why, wanted, need, cap)
+    return cap
 
 
 def protocol_class(policy: AccessPolicy, guard: ConnectionGuard) -> type[HttpToolsProtocol]:

@@ -8,7 +8,6 @@ import functools
 import gc
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -22,7 +21,7 @@ from edgeslm.config import Config
 from edgeslm.metrics.service import Metrics
 from edgeslm.server.access import AccessPolicy
 from edgeslm.server.app import build_app
-from edgeslm.server.connections import REFUSED_LINGER_MAX, ConnectionGuard, protocol_class
+from edgeslm.server.connections import ConnectionGuard, fit_connection_cap, protocol_class
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
 from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
@@ -151,51 +150,6 @@ def settle_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
-# Descriptors the daemon holds besides client connections: the listening socket, model files, metrics and log
-# files, the event loop's and the runtimes' pipes and eventfds. 18 with one model and metrics off; each model,
-# the metrics writer and the voice pipeline add a few.
-FD_SPARE = 128
-
-
-def _open_file_limit() -> tuple[int, int]:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def _set_open_file_limit(limits: tuple[int, int]) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
-
-
-def fit_connection_cap(wanted: int, *, get_limit: Callable[[], tuple[int, int]] = _open_file_limit,
-                       set_limit: Callable[[tuple[int, int]], None] = _set_open_file_limit) -> int:
-    """How many connections the open-file limit lets the daemon hold, `wanted` (server.max_connections) if it can.
-
-    When the soft RLIMIT_NOFILE is too low for `wanted` plus FD_SPARE and the refused connections that linger, it
-    is raised toward the hard limit; if that is still short, the cap is lowered, with one warning.
-    """
-    soft, hard = get_limit()
-    need = wanted + REFUSED_LINGER_MAX + FD_SPARE
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return wanted
-    raise_to = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    why = f"the hard limit is {hard}"
-    if raise_to > soft:
-        try:
-            set_limit((raise_to, hard))
-        except (OSError, ValueError) as exc:
-            why = f"raising it failed: {exc}"
-        else:
-            log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d for server.max_connections = %d",
-                     soft, raise_to, wanted)
-            soft = raise_to
-    if soft >= need:
-        return wanted
-    cap = max(soft - REFUSED_LINGER_MAX - FD_SPARE, soft // 4, 1)
-    log.warning("the open-file limit (RLIMIT_NOFILE) is %d and %s; server.max_connections = %d needs %d with room "
-                "for model files, logs and refused connections: serving at most %d connections. Raise LimitNOFILE= "
-                "in the unit (or ulimit -n), or lower server.max_connections", soft, why, wanted, need, cap)
-    return cap
 
 
 def _describe_models(registry: ModelRegistry) -> list[str]:

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from edgeslm.config import ServerConfig
-from edgeslm.server.connections import REFUSED_LINGER_MAX, REFUSED_LINGER_S, ConnectionGuard
-from edgeslm.server.daemon import FD_SPARE, fit_connection_cap
+from edgeslm.server.connections import (
+    FD_SPARE,
+    REFUSED_LINGER_MAX,
+    REFUSED_LINGER_S,
+    ConnectionGuard,
+    fit_connection_cap,
+)
 
 
 class FakeTransport:
@@ -53,7 +58,7 @@ class FakeConnection:
 
 
 def guard(max_connections: int = 3) -> ConnectionGuard:
-    return ConnectionGuard(header_timeout_s=10, body_timeout_s=30, max_connections=max_connections)
+    return ConnectionGuard(header_timeout_s=10, body_timeout_s=30, send_timeout_s=30, max_connections=max_connections)
 
 
 def test_an_answer_left_unread_past_send_timeout_s_closes_its_connection_without_a_reply():
