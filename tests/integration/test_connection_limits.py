@@ -225,3 +225,20 @@ def test_answers_a_client_does_not_read_are_dropped_and_a_slow_reader_is_not(tmp
         assert d.stop() == 0
     assert statuses and set(statuses) == {200}
     assert "dropping answers their clients did not read for 1 s (server.send_timeout_s)" in d.output()
+
+
+def test_a_client_looping_on_bad_http_and_new_connections_cannot_flood_the_log(tmp_path):
+    d = limits_daemon(tmp_path)
+    try:
+        for _ in range(40):
+            status, _ = error_of(read_to_eof(connect(d, b"GARBAGE / HTTP/9\r\n\r\n")))
+            assert status == 400
+        with d.client() as client:  # the daemon still serves
+            assert client.post("/v1/classify", json={"input": [PHRASE]}).status_code == 200
+    finally:
+        assert d.stop() == 0
+    log = d.output()
+    invalid = [line for line in log.splitlines() if "Invalid HTTP request received" in line]
+    connections = [line for line in log.splitlines() if "connection from uid" in line]
+    assert len(invalid) == 10 and "more are counted, not logged" in invalid[-1], log
+    assert len(connections) == 10, log
