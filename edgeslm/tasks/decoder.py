@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import re
 from dataclasses import dataclass
 
@@ -12,6 +13,20 @@ from edgeslm.runtime.base import Binding, Engine
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 REQUIRED_INPUTS = ("input_ids", "seqlens_k", "total_sequence_length", "logits_index")
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """Zeros whose memory is taken a small page at a time, as they are first written.
+
+    np.zeros would do the same for a big array, except that numpy asks the kernel for transparent huge
+    pages on allocations of 4 MiB and more: a KV cache then takes 2 MiB per layer and slot the moment a
+    sequence writes its first position. Measured here, SmolLM2 with 4 slots of 2048 tokens: 554 MB after
+    four 32-token completions instead of 314 MB."""
+    size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(region, dtype=dtype, count=int(np.prod(shape))).reshape(shape)  # keeps `region` alive
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,8 @@ class Decoder:
         self.layout = DecoderLayout.of(engine)
         self.slots, self.context = slots, context
         shape = (slots, self.layout.kv_heads, context, self.layout.head_dim)
-        # np.zeros maps untouched pages lazily: memory grows with the positions actually used.
-        self.cache = [np.zeros(shape, np.float32) for _ in range(2 * self.layout.layers)]
+        # Memory grows with the positions actually used (see lazy_zeros).
+        self.cache = [lazy_zeros(shape) for _ in range(2 * self.layout.layers)]
         self._ids = np.zeros((slots, 1), np.int64)
         self._seqlens = np.zeros(slots, np.int32)
         self._total = np.zeros((), np.int32)
