@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-# top-p first looks among this many best tokens; only if they hold less than top_p of the mass is the row sorted.
-NUCLEUS_FIRST_LOOK = 256
+# Sampling touches the whole vocabulary (49k entries for SmolLM2) once per token, so every pass counts: no sort
+# of the vocabulary, no temporaries the size of it (here a fresh 400 KB array costs ~0.3 ms in page faults).
+DRAW_BLOCK = 256  # a draw sums the weights in blocks of this many, then walks one block
+NUCLEUS_CUTS = (1e-2, 1e-4, 1e-8, 0.0)  # top-k and top-p look at tokens this likely next to the best, until enough
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,48 +33,78 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
 
-def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float, out: np.ndarray | None = None) -> np.ndarray:
     """Logits with every seen token made less likely: positive logits divided by `penalty`, negative multiplied.
 
-    logits float [V], seen bool [V] -> new float32 [V]."""
-    out = np.array(logits, dtype=np.float32)
+    logits float [V], seen bool [V] -> float [V] (`out`, which may be `logits` itself, or a new float32 array)."""
+    out = np.array(logits, dtype=np.float32) if out is None else out
+    if out is not logits:
+        np.copyto(out, logits)
     picked = out[seen]
     out[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
     return out
 
 
-def _log_softmax_of(values: np.ndarray, normalizer_from: np.ndarray) -> np.ndarray:
-    top = normalizer_from.max()
-    return values - (top + np.log(np.exp(normalizer_from - top).sum()))
+def draw(weights: np.ndarray, u: float) -> int:
+    """Index i with probability weights[i] / sum(weights), for weights >= 0 [n] and u uniform in [0, 1).
+
+    The inverse of the cumulative sum, found a block at a time: sums of DRAW_BLOCK weights, then the
+    chosen block's own running sum (a cumulative sum over the whole vocabulary is a slow scalar loop)."""
+    starts = np.arange(0, len(weights), DRAW_BLOCK)
+    running = np.cumsum(np.add.reduceat(weights, starts))
+    target = u * running[-1]
+    block = min(int(np.searchsorted(running, target, "right")), len(starts) - 1)
+    inside = weights[starts[block]:starts[block] + DRAW_BLOCK]
+    within = np.cumsum(inside)
+    i = int(np.searchsorted(within, target - (running[block - 1] if block else 0.0), "right"))
+    if i >= len(inside) or inside[i] == 0:  # rounding at the block's end: its last token that can be drawn
+        i = int(np.flatnonzero(inside)[-1])
+    return int(starts[block]) + i
 
 
-def candidates(logits: np.ndarray, top_k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids allowed by top-k then top-p, best first, and their log-probabilities (over the top-k set).
+def _above(weights: np.ndarray, enough: Callable[[np.ndarray], bool]) -> np.ndarray:
+    """Indices of the weights (the best is 1) at or above the highest of NUCLEUS_CUTS whose set is `enough`."""
+    for cut in NUCLEUS_CUTS[:-1]:
+        inside = np.flatnonzero(weights >= cut)
+        if enough(inside):
+            return inside
+    return np.arange(len(weights))
+
+
+def top_k(weights: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest weights (the best is 1), in no particular order."""
+    inside = _above(weights, lambda ids: len(ids) >= k)
+    return inside if len(inside) <= k else inside[np.argpartition(weights[inside], -k)[-k:]]
+
+
+def nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest best-first set of `weights` (>= 0, the best 1) holding top_p of their sum, best
+    first (at least one). Only the weights above a cut that holds enough are sorted."""
+    need = top_p * weights.sum() * (1 - 1e-12)
+    inside = _above(weights, lambda ids: weights[ids].sum() >= need)
+    order = inside[np.argsort(-weights[inside], kind="stable")]
+    return order[:min(int(np.searchsorted(np.cumsum(weights[order]), need)) + 1, len(order))]
+
+
+def allowed(weights: np.ndarray, k: int, top_p: float) -> np.ndarray:
+    """Indices into `weights` (softmax numerators, the best 1) that top-k then top-p allow: best first when
+    top-p cuts the set, otherwise in no particular order (a draw does not need them sorted)."""
+    kept = top_k(weights, k) if 0 < k < len(weights) else None
+    if top_p >= 1:
+        return np.arange(len(weights)) if kept is None else kept
+    if kept is None:
+        return nucleus(weights, top_p)
+    return kept[nucleus(weights[kept], top_p)]
+
+
+def candidates(logits: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids allowed by top-k then top-p, and their log-probabilities (over the top-k set).
 
     logits float [V] (already penalised and divided by the temperature) -> (ids int [n], logprobs float64 [n])."""
-    logits = logits.astype(np.float64, copy=False)
-    pool = logits
-    pool_ids: np.ndarray | None = None
-    if 0 < top_k < len(logits):
-        pool_ids = np.argpartition(-logits, top_k - 1)[:top_k]
-        pool = logits[pool_ids]
-    look = len(pool) if top_p >= 1 else min(len(pool), NUCLEUS_FIRST_LOOK)
-    while True:
-        part = np.arange(len(pool)) if look >= len(pool) else np.argpartition(-pool, look - 1)[:look]
-        order = part[np.argsort(-pool[part], kind="stable")]
-        logprobs = _log_softmax_of(pool[order], pool)
-        if top_p >= 1:
-            keep = len(order)
-            break
-        mass = np.cumsum(np.exp(logprobs))
-        # Keep the smallest best-first prefix whose mass reaches top_p (at least one token).
-        reached = np.flatnonzero(mass >= top_p - 1e-12)
-        if len(reached) or look >= len(pool):
-            keep = int(reached[0]) + 1 if len(reached) else len(order)
-            break
-        look = len(pool)
-    ids = order[:keep] if pool_ids is None else pool_ids[order[:keep]]
-    return ids, logprobs[:keep]
+    weights = np.exp(logits.astype(np.float64) - logits.max())
+    ids = allowed(weights, k, top_p)
+    total = weights[top_k(weights, k)].sum() if 0 < k < len(weights) else weights.sum()
+    return ids, np.log(weights[ids] / total)
 
 
 class Sampler:
@@ -81,6 +114,7 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self.seen = np.zeros(vocab_size, dtype=bool) if params.repetition_penalty != 1 else None
+        self._scores = np.empty(vocab_size, np.float64)  # reused for every token: see DRAW_BLOCK's comment
 
     def observe(self, tokens: np.ndarray | list[int]) -> None:
         """Note tokens the repetition penalty should discourage (the prompt, then each pick)."""
@@ -90,15 +124,23 @@ class Sampler:
     def pick(self, logits: np.ndarray) -> int:
         """The next token id from logits float [V]."""
         p = self.params
-        if self.seen is not None:
-            logits = penalize(logits, self.seen, p.repetition_penalty)
-        if p.greedy:
+        if p.greedy and self.seen is None:
             token = int(np.argmax(logits))
         else:
-            ids, logprobs = candidates(np.asarray(logits, dtype=np.float64) / p.temperature, p.top_k, p.top_p)
-            probs = np.exp(logprobs - logprobs.max())
-            cumulative = np.cumsum(probs)
-            token = int(ids[min(int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], "right")),
-                                len(ids) - 1)])
+            scores = self._scores
+            np.copyto(scores, logits)
+            if self.seen is not None:
+                penalize(scores, self.seen, p.repetition_penalty, out=scores)
+            if p.greedy:
+                token = int(np.argmax(scores))
+            else:  # softmax numerators in place, the best 1; then top-k, top-p and one draw
+                scores *= 1 / p.temperature
+                scores -= scores.max()
+                np.exp(scores, out=scores)
+                if p.top_k or p.top_p < 1:
+                    ids = allowed(scores, p.top_k, p.top_p)
+                    token = int(ids[draw(scores[ids], self.rng.random())])
+                else:
+                    token = draw(scores, self.rng.random())
         self.observe([token])
         return token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeslm.core.sampling import NUCLEUS_FIRST_LOOK, Sampler, SamplingParams, candidates, penalize
+from edgeslm.core.sampling import Sampler, SamplingParams, candidates, draw, nucleus, penalize
 
 VOCAB = 1000
 
@@ -58,11 +58,29 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert set(draws(SamplingParams(top_p=0.8, seed=3), logits, 500)) == {10, 20}
 
 
-def test_top_p_beyond_the_first_look_sorts_everything():
-    flat = np.zeros(VOCAB, np.float32)  # uniform: 0.9 of the mass needs 900 tokens, more than the first look
+def test_top_p_on_a_flat_row_keeps_that_share_of_it():
+    flat = np.zeros(VOCAB, np.float32)  # uniform: 0.9 of the mass needs 900 tokens
     ids, _ = candidates(flat.astype(np.float64), 0, 0.9)
-    assert len(ids) == 900 > NUCLEUS_FIRST_LOOK
-    assert len(set(ids.tolist())) == 900
+    assert len(ids) == 900 and len(set(ids.tolist())) == 900
+
+
+def test_a_nucleus_in_a_long_tail_is_found_past_the_first_cut():
+    # One token holds half; the other half is spread thin, each far below 1% of the best: 0.9 needs 801 tokens.
+    weights = np.full(VOCAB, 0.5 / (VOCAB - 1))
+    weights[17] = 0.5
+    kept = nucleus(weights / weights.max(), 0.9)
+    assert kept[0] == 17 and len(kept) == 1 + int(np.ceil(0.4 / (0.5 / (VOCAB - 1))))
+    assert len(nucleus(weights / weights.max(), 0.5)) == 1  # the best alone holds enough
+
+
+def test_draw_follows_the_weights_over_blocks_and_never_picks_a_zero_weight():
+    rng = np.random.default_rng(7)
+    weights = np.zeros(1000)
+    weights[[3, 300, 700, 999]] = [1.0, 2.0, 3.0, 4.0]  # four blocks of 256, with zeros around
+    picks = np.array([draw(weights, rng.random()) for _ in range(5000)])
+    assert set(picks.tolist()) == {3, 300, 700, 999}
+    np.testing.assert_allclose([np.mean(picks == i) for i in (3, 300, 700, 999)], [0.1, 0.2, 0.3, 0.4], atol=0.02)
+    assert draw(weights, 0.0) == 3 and draw(weights, np.nextafter(1.0, 0.0)) == 999
 
 
 def test_repetition_penalty_discourages_seen_tokens():
