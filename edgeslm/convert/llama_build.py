@@ -105,6 +105,8 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
         # Weights in a side file: onnxruntime maps it instead of copying it out of a parsed protobuf.
         onnx.save_model(build_graph(model, variant), str(out / name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)
+        # onnx writes the side file 0600; a store root pulls for the service user must be readable like the rest.
+        (out / f"{name}.data").chmod(0o644)
 
     progress.stage("checking against the fp32 reference", len(FILES) + 1)
     template = ChatTemplate(model.vocab.chat_template or "", bos_token="", eos_token="")

@@ -110,3 +110,9 @@ def test_a_client_leaving_mid_stream_cancels_its_sequence(smol_daemon):
     info = disconnect_mid_stream(smol_daemon, 900, model="smollm2")
     assert info["finished"]["cancelled"] == cancelled + 1, info
     print("\n[smollm2] a stream closed after its first chunk was cancelled and its slot freed")
+
+
+def test_every_file_of_the_build_is_readable_by_other_users(model_dir):
+    """A root pull into a shared store must be readable by the service user (onnx writes side files 0600)."""
+    modes = {p.name: p.stat().st_mode & 0o777 for p in model_dir.iterdir() if not p.name.startswith(".")}
+    assert all(mode & 0o044 == 0o044 for mode in modes.values()), modes
