@@ -50,11 +50,17 @@ def texts() -> list[str]:
 
 
 def start_daemon(workdir: Path, name: str, metrics: bool) -> tuple[subprocess.Popen, Path, Path]:
-    sock, folder = workdir / f"{name}.sock", workdir / f"{name}-metrics"
-    config = workdir / f"{name}.toml"
-    config.write_text(f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
-                      '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
-                      f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
+    folder = workdir / f"{name}-metrics"
+    proc, sock = launch_daemon(workdir, name, f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
+                               '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
+                               f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
+    return proc, sock, folder
+
+
+def launch_daemon(workdir: Path, name: str, config_text: str, timeout_s: float = 60) -> tuple[subprocess.Popen, Path]:
+    """`edgeslm serve` on `config_text`, its socket in `workdir`, once /ready answers 200."""
+    sock, config = workdir / f"{name}.sock", workdir / f"{name}.toml"
+    config.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_") and k != "LOGS_DIRECTORY"}
     # Every daemon gets the same string hashes and the same memory layout: a process's own speed comes partly
     # from where its objects land (identical daemons, 6 pairs each: spread 7.4% with ASLR, 3.7% without).
@@ -63,12 +69,12 @@ def start_daemon(workdir: Path, name: str, metrics: bool) -> tuple[subprocess.Po
     proc = subprocess.Popen([*same_layout, sys.executable, "-m", "edgeslm", "serve", "--config", str(config),
                              "--socket", str(sock), "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
                 if client.get("http://x/ready").status_code == 200:
-                    return proc, sock, folder
+                    return proc, sock
         except (httpx.TransportError, OSError):
             time.sleep(0.05)
     proc.kill()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-from metrics import stop  # noqa: E402
+from metrics import launch_daemon, stop  # noqa: E402
 from soak import WARMUP_S, sample  # noqa: E402
 
 MODEL = "smol"
@@ -46,24 +45,11 @@ PROMPTS = ["Name three uses for a Raspberry Pi.", "What is a GPIO pin?", "Write 
 
 
 def start_daemon(workdir: Path, model_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
-    sock, folder = workdir / "soak.sock", workdir / "metrics"
-    config = workdir / "soak.toml"
-    config.write_text(f'[[models]]\nname = "{MODEL}"\npath = "{model_dir}"\nthreads = 2\n'
-                      f"[models.generation]\nmax_sequences = {SLOTS}\ncontext_tokens = {CONTEXT}\n"
-                      f'[metrics]\ndir = "{folder}"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_") and k != "LOGS_DIRECTORY"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config), "--socket", str(sock),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with client_for(sock) as client:
-                if client.get("/ready").status_code == 200:
-                    return proc, sock, folder
-        except (httpx.TransportError, OSError):
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the daemon did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    folder = workdir / "metrics"
+    proc, sock = launch_daemon(workdir, "soak", f'[[models]]\nname = "{MODEL}"\npath = "{model_dir}"\nthreads = 2\n'
+                               f"[models.generation]\nmax_sequences = {SLOTS}\ncontext_tokens = {CONTEXT}\n"
+                               f'[metrics]\ndir = "{folder}"\n', timeout_s=120)
+    return proc, sock, folder
 
 
 def client_for(sock: Path) -> httpx.Client:

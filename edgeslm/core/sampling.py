@@ -33,13 +33,11 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
 
-def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float, out: np.ndarray | None = None) -> np.ndarray:
+def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float, *, in_place: bool = False) -> np.ndarray:
     """Logits with every seen token made less likely: positive logits divided by `penalty`, negative multiplied.
 
-    logits float [V], seen bool [V] -> float [V] (`out`, which may be `logits` itself, or a new float32 array)."""
-    out = np.array(logits, dtype=np.float32) if out is None else out
-    if out is not logits:
-        np.copyto(out, logits)
+    logits float [V], seen bool [V] -> `logits` itself when `in_place`, else a new float32 [V]."""
+    out = logits if in_place else np.array(logits, dtype=np.float32)
     picked = out[seen]
     out[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
     return out
@@ -86,15 +84,20 @@ def nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
     return order[:min(int(np.searchsorted(np.cumsum(weights[order]), need)) + 1, len(order))]
 
 
+def _filtered(weights: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ids top-k then top-p allow, the top-k set or None for all) for softmax numerators `weights`."""
+    kept = top_k(weights, k) if 0 < k < len(weights) else None
+    if top_p >= 1:
+        return (np.arange(len(weights)) if kept is None else kept), kept
+    if kept is None:
+        return nucleus(weights, top_p), None
+    return kept[nucleus(weights[kept], top_p)], kept
+
+
 def allowed(weights: np.ndarray, k: int, top_p: float) -> np.ndarray:
     """Indices into `weights` (softmax numerators, the best 1) that top-k then top-p allow: best first when
     top-p cuts the set, otherwise in no particular order (a draw does not need them sorted)."""
-    kept = top_k(weights, k) if 0 < k < len(weights) else None
-    if top_p >= 1:
-        return np.arange(len(weights)) if kept is None else kept
-    if kept is None:
-        return nucleus(weights, top_p)
-    return kept[nucleus(weights[kept], top_p)]
+    return _filtered(weights, k, top_p)[0]
 
 
 def candidates(logits: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,9 +105,8 @@ def candidates(logits: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np
 
     logits float [V] (already penalised and divided by the temperature) -> (ids int [n], logprobs float64 [n])."""
     weights = np.exp(logits.astype(np.float64) - logits.max())
-    ids = allowed(weights, k, top_p)
-    total = weights[top_k(weights, k)].sum() if 0 < k < len(weights) else weights.sum()
-    return ids, np.log(weights[ids] / total)
+    ids, kept = _filtered(weights, k, top_p)
+    return ids, np.log(weights[ids] / (weights.sum() if kept is None else weights[kept].sum()))
 
 
 class Sampler:
@@ -130,7 +132,7 @@ class Sampler:
             scores = self._scores
             np.copyto(scores, logits)
             if self.seen is not None:
-                penalize(scores, self.seen, p.repetition_penalty, out=scores)
+                penalize(scores, self.seen, p.repetition_penalty, in_place=True)
             if p.greedy:
                 token = int(np.argmax(scores))
             else:  # softmax numerators in place, the best 1; then top-k, top-p and one draw
