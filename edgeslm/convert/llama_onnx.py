@@ -3,9 +3,8 @@
 Tokens flow as rows of 2-D tensors [batch * seq, features]. Per layer: SkipSimplifiedLayerNormalization ->
 one MatMulNBits for Q|K|V -> GroupQueryAttention (rotary inside; past and present KV share one buffer) ->
 MatMulNBits -> SkipSimplifiedLayerNormalization -> one MatMulNBits for gate|up -> SiLU(gate) * up ->
-MatMulNBits. A Q4_1 weight also carries a per-block correction, added as Gemm(x @ P, C.T, y) where x @ P sums
-x over each 32-block (see nbits.exact_q4_1): into the projection's output, or for the output and down
-projections into the residual stream that the next SkipSimplifiedLayerNormalization adds anyway. The token
+MatMulNBits. A Q4_1 weight's per-block constant rides in the same MatMulNBits: the node reads x followed by
+x's 32-block sums (x @ P), which meet extra 4-bit weight rows holding the constants (nbits.fold_correction). The token
 embedding and the tied output projection share one 8-bit table (GatherBlockQuantized / MatMulNBits).
 
 Inputs: input_ids int64 [batch, seq]; seqlens_k int32 [batch] (tokens in the cache after this step, minus 1);
@@ -24,7 +23,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslm.convert.gguf_llama import BLOCK, GgufLlama, LlamaShape, norm_weight
-from edgeslm.convert.nbits import NBitsWeight, exact_weight, int8_weight, permute_rows, stack
+from edgeslm.convert.nbits import (
+    NBitsWeight,
+    exact_weight,
+    fold_correction,
+    int8_weight,
+    permute_rows,
+    stack,
+    sums_width,
+)
 
 MS = "com.microsoft"
 OPSET = 21
@@ -74,33 +81,29 @@ class LlamaGraphBuilder:
         self.g = GraphParts()
         self._consts: dict[str, str] = {}
 
-    def _block_indicator(self, k: int) -> str:
-        """P float32 [k, k/32] with P[i, b] = 1 when column i is in block b: x @ P sums x over each block."""
-        name = f"block_indicator_{k}"
+    def _block_sums(self, k: int) -> str:
+        """P float32 [k, sums_width(k)] with P[i, b] = 1 when column i is in block b: x @ P sums x over each
+        block (the columns past k/32 are zero padding)."""
+        name = f"block_sums_{k}"
         if name not in self._consts:
-            blocks = np.arange(k) // BLOCK
-            self._consts[name] = self.g.const(name, (blocks[:, None] == np.arange(k // BLOCK)[None, :]).astype(
-                np.float32))
+            p = np.zeros((k, sums_width(k)), np.float32)
+            p[np.arange(k), np.arange(k) // BLOCK] = 1.0
+            self._consts[name] = self.g.const(name, p)
         return self._consts[name]
 
-    def matmul(self, x: str, w: NBitsWeight, prefix: str, residual: str | None = None) -> tuple[str, str | None]:
-        """x [tokens, K] @ W.T. Returns (output, residual): a Q4_1 correction is added to the output, or, when a
-        residual is given, to the residual (the following SkipSimplifiedLayerNormalization adds the two)."""
+    def matmul(self, x: str, w: NBitsWeight, prefix: str) -> str:
+        """x [tokens, K] @ W.T in one MatMulNBits. A Q4_1 correction is folded into the node (see
+        nbits.fold_correction): its input is then x followed by copies of x's block sums."""
         g = self.g
+        w = fold_correction(w)
+        if w.sum_levels:
+            sums = g.node("MatMul", [x, self._block_sums(w.k)], [f"{prefix}.blocksum"])[0]
+            x = g.node("Concat", [x, *[sums] * w.sum_levels], [f"{prefix}.with_sums"], axis=-1)[0]
         inputs = [x, g.const(f"{prefix}.qweight", w.packed), g.const(f"{prefix}.scales", w.scales)]
         if w.zero_points is not None:
             inputs.append(g.const(f"{prefix}.zero_points", w.zero_points))
-        y = f"{prefix}.out" if w.correction is None or residual is not None else f"{prefix}.main"
-        g.node("MatMulNBits", inputs, [y], domain=MS, K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
-               accuracy_level=self.accuracy)
-        if w.correction is None:
-            return y, residual
-        # Exact Q4_1: plus, per block, the sum of x over the block times the block's constant (two nodes).
-        sums = g.node("MatMul", [x, self._block_indicator(w.k)], [f"{prefix}.blocksum"])[0]
-        correction = g.const(f"{prefix}.correction", np.ascontiguousarray(w.correction.T))
-        if residual is None:
-            return g.node("Gemm", [sums, correction, y], [f"{prefix}.out"])[0], None
-        return y, g.node("Gemm", [sums, correction, residual], [f"{prefix}.resid_corr"])[0]
+        return g.node("MatMulNBits", inputs, [f"{prefix}.out"], domain=MS, K=w.k_in, N=w.n, bits=w.bits,
+                      block_size=BLOCK, accuracy_level=self.accuracy)[0]
 
     def build(self, *, name: str = "edgeslm-llama") -> onnx.ModelProto:
         s, g, m = self.s, self.g, self.model
@@ -151,7 +154,7 @@ class LlamaGraphBuilder:
             q = permute_rows(self.weight_for(m.layer(i, "attn_q"), "attn_q"), order)
             k = permute_rows(self.weight_for(m.layer(i, "attn_k"), "attn_k"), kv_order)
             v = self.weight_for(m.layer(i, "attn_v"), "attn_v")
-            qkv, _ = self.matmul(normed, stack([q, k, v]), f"{p}.qkv")
+            qkv = self.matmul(normed, stack([q, k, v]), f"{p}.qkv")
             qkv3 = g.node("Reshape", [qkv, bsd], [f"{p}.qkv3"])[0]
             attn3 = g.node(
                 "GroupQueryAttention",
@@ -161,20 +164,18 @@ class LlamaGraphBuilder:
                 num_heads=s.heads, kv_num_heads=s.kv_heads, do_rotary=1, rotary_interleaved=0,
             )[0]
             attn = g.node("Reshape", [attn3, tokens_shape], [f"{p}.attn"])[0]
-            out, residual = self.matmul(attn, self.weight_for(m.layer(i, "attn_output"), "attn_output"), f"{p}.o",
-                                        residual)
+            out = self.matmul(attn, self.weight_for(m.layer(i, "attn_output"), "attn_output"), f"{p}.o")
             ffn_norm = g.const(f"{p}.ffn_norm", norm_weight(m.layer(i, "ffn_norm")))
             normed, residual = g.node("SkipSimplifiedLayerNormalization", [out, residual, ffn_norm],
                                       [f"{p}.ffn_in", "", "", f"{p}.resid_ffn"], domain=MS,
                                       epsilon=s.rms_eps)[::3]
             gate_up = stack([self.weight_for(m.layer(i, "ffn_gate"), "ffn_gate"),
                              self.weight_for(m.layer(i, "ffn_up"), "ffn_up")])
-            gu, _ = self.matmul(normed, gate_up, f"{p}.gate_up")
+            gu = self.matmul(normed, gate_up, f"{p}.gate_up")
             gate, up = g.node("Split", [gu], [f"{p}.gate", f"{p}.up"], axis=-1, num_outputs=2)
             silu = g.node("QuickGelu", [gate], [f"{p}.silu"], domain=MS, alpha=1.0)[0]  # x * sigmoid(x)
             act = g.node("Mul", [silu, up], [f"{p}.act"])[0]
-            pending, residual = self.matmul(act, self.weight_for(m.layer(i, "ffn_down"), "ffn_down"), f"{p}.down",
-                                            residual)
+            pending = self.matmul(act, self.weight_for(m.layer(i, "ffn_down"), "ffn_down"), f"{p}.down")
         final_norm = g.const("final_norm", norm_weight(m.tensor("output_norm.weight")))
         assert pending is not None
         picked = []
@@ -188,7 +189,7 @@ class LlamaGraphBuilder:
             g.node("MatMulNBits", [normed, table, g.const("embed.scales", embed.scales)], ["logits"], domain=MS,
                    K=head.k, N=head.n, bits=8, block_size=BLOCK, accuracy_level=self.accuracy)
         else:
-            g.node("Identity", [self.matmul(normed, head, "lm_head")[0]], ["logits"])
+            g.node("Identity", [self.matmul(normed, head, "lm_head")], ["logits"])
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                                   producer_name="edgeslm", producer_version="1")

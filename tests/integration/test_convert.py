@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeslm.convert.gguf_llama import dequantize, read_gguf
+from edgeslm.convert.gguf_llama import BLOCK, dequantize, read_gguf
 from edgeslm.convert.llama_build import mean_kl
-from edgeslm.convert.nbits import exact_weight, int8_weight
+from edgeslm.convert.nbits import exact_weight, fold_correction, int8_weight, unpack
 from edgeslm.convert.reference import ReferenceLlama
 from edgeslm.runtime import EngineOptions, open_engine
 from edgeslm.tasks.card import load_card
@@ -36,6 +36,26 @@ def test_q4_1_and_q8_0_are_carried_over_bit_exactly(gguf):
     q4 = gguf.tensor("blk.0.ffn_up.weight")
     int8_error = np.abs(int8_weight(q4).dequantize() - dequantize(q4)).max()
     assert 0 < int8_error < np.abs(dequantize(q4)).max() / 100  # the int8 variant is close, not exact
+
+
+def test_a_folded_q4_1_correction_keeps_the_codes_and_comes_within_1_225_of_the_constants(gguf):
+    exact = exact_weight(gguf.tensor("blk.0.ffn_down.weight"))
+    folded = fold_correction(exact)
+    assert folded.correction is None and folded.sum_levels == 2 and folded.k_in > folded.k
+    main = exact.k // BLOCK
+    # The weight's own 4-bit codes, scales and zero points are the GGUF's, untouched.
+    np.testing.assert_array_equal(unpack(folded.packed, 4)[:, :main], unpack(exact.packed, 4))
+    np.testing.assert_array_equal(folded.scales[:, :main], exact.scales)
+    np.testing.assert_array_equal(unpack(folded.zero_points, 4)[:, :main],
+                                  unpack(exact.zero_points, 4)[:, :main])
+    # Only the per-block constants are approximated: within 1/225 of the largest in their 32-block group.
+    error = np.abs(folded.dequantize() - exact.dequantize()).reshape(exact.n, main, BLOCK).max(axis=-1)
+    groups = -(-main // BLOCK) * BLOCK
+    padded = np.zeros((exact.n, groups))
+    padded[:, :main] = np.abs(exact.correction)
+    bound = np.repeat(padded.reshape(exact.n, -1, BLOCK).max(axis=-1), BLOCK, axis=1)[:, :main] / 225
+    assert np.all(error <= bound * 1.001 + 1e-9)
+    assert error.max() > 0  # approximated, not exact: the test would notice an exact encoding taking over
 
 
 def test_graph_uses_the_fused_operators(tiny_llm):
