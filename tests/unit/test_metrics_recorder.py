@@ -75,6 +75,25 @@ def test_batch_energy_is_shared_by_rows_and_chunks_add_up(recorder, tmp_path, cl
     assert got["a"]["ts"] == "2027-01-15T08:00:00.000Z" and got["a"]["mono_ns"] == 12_500_000_000
 
 
+def test_the_one_call_fast_path_writes_what_the_general_path_writes(recorder, tmp_path, clock):
+    rec, trace = recorder
+    trace.add(9.0, 5.0)
+    trace.add(13.0, 5.0)
+    clock.now = 12.5
+    fast = rec.open("m", "classify", 2, tokens_in=9, request_id="fast")
+    fast.ran([completion(10.0, 12.0, 4, 2)], [feeds(2)])
+    general = rec.open("m", "classify", 2, tokens_in=9, request_id="general")
+    general.ran([completion(10.0, 12.0, 4, 2)], [feeds(2)])
+    general.more = ((9.999, 10.0, 12.0, 4, 2),)  # the same single call, as the chunked path sees it
+    for call in (fast, general):
+        call.finish("ok", 9.5)
+    assert rec.flush() == 2
+    got = {r["id"]: r for r in read_records(tmp_path)}
+    assert list(got["fast"].items())[1:] == [("ts", got["general"]["ts"]), ("mono_ns", 12_500_000_000),
+                                             ("id", "fast"), *list(got["general"].items())[4:]]
+    assert got["fast"]["energy_j"] == pytest.approx(5.0) and got["fast"]["queue_ms"] == 1.0
+
+
 def test_a_record_waits_for_a_sample_after_its_batch_then_gives_up(recorder, tmp_path, clock):
     rec, trace = recorder
     trace.add(1.0, 2.0)
