@@ -150,7 +150,7 @@ def fold_correction(w: NBitsWeight, levels: int = CORRECTION_LEVELS) -> NBitsWei
     rows holding c as 4-bit blocks (32 constants of one output row per block). Each level quantizes what the
     levels before it missed: with two, a constant is off by at most 1/225 of the largest |c| in its 32-block
     (|c| <= d/2 in ordinary blocks, so 1/450 of a Q4_1 scale). On SmolLM2 the mean next-token KL vs fp32 is
-    0.0033, as with the exact fp32 correction in a node of its own, which cost a decode step ~20%.
+    0.0034, as with the exact fp32 correction in nodes of its own, which cost a decode step ~20%.
     The 4-bit codes and scales of the weight itself do not change.
     """
     if w.correction is None or w.bits != 4 or w.sum_levels:
