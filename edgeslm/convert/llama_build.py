@@ -19,8 +19,8 @@ FILES = {"model.onnx": "exact", "model_int8.onnx": "int8"}
 QUANTIZATION = {
     "exact": "GGUF 4-bit codes and scales carried over unchanged (Q4_1: MatMulNBits 4-bit, block 32, integer zero "
              "points; the remainder of each block's minimum in the same node as two 4-bit levels over the input's "
-             "block sums, within 1/450 of the block's scale), accuracy_level 4; token embedding and tied output "
-             "Q8_0 as exact 8-bit",
+             "block sums, within 1/450 of the block's scale in ordinary blocks), accuracy_level 4; token embedding "
+             "and tied output Q8_0 as exact 8-bit",
     "int8": "MatMulNBits 8-bit, block 32, accuracy_level 4: Q4_1 weights rounded to the nearest 8-bit level, "
             "Q8_0 embedding and tied output exact",
 }

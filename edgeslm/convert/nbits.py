@@ -114,33 +114,29 @@ def exact_q8_0(q: np.ndarray, d: np.ndarray) -> NBitsWeight:
     return NBitsWeight(8, n, nb * BLOCK, unsigned, d.astype(np.float32))
 
 
+def asymmetric_blocks(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round-to-nearest per block: [N, blocks, 32] -> (codes uint8, scales float32, zero points uint8), with zero
+    exactly representable (an all-zero block stays zero)."""
+    top = (1 << bits) - 1
+    lo = np.minimum(values.min(axis=-1), 0.0)
+    hi = np.maximum(values.max(axis=-1), 0.0)
+    scale = ((hi - lo) / top).astype(np.float32)
+    scale = np.where(scale == 0, np.float32(1.0), scale)
+    zp = np.clip(np.rint(-lo / scale), 0, top)
+    q = np.clip(np.rint(values / scale[..., None]) + zp[..., None], 0, top)
+    return q.astype(np.uint8), scale, zp.astype(np.uint8)
+
+
 def rtn_8bit(w: np.ndarray) -> NBitsWeight:
     """Asymmetric 8-bit round-to-nearest per 32-block of a float weight [N, K] (zero stays exact)."""
     n, k = w.shape
-    blocks = w.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
-    lo = np.minimum(blocks.min(axis=-1), 0.0)
-    hi = np.maximum(blocks.max(axis=-1), 0.0)
-    scale = (hi - lo) / 255.0
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    zp = np.clip(np.rint(-lo / scale), 0, 255)
-    q = np.clip(np.rint(blocks / scale[..., None]) + zp[..., None], 0, 255).astype(np.uint8)
-    return NBitsWeight(8, n, k, q, scale, zp.astype(np.uint8))
+    q, scale, zp = asymmetric_blocks(w.reshape(n, k // BLOCK, BLOCK).astype(np.float32), 8)
+    return NBitsWeight(8, n, k, q, scale, zp)
 
 
 def sums_width(k: int) -> int:
     """Columns of x's block sums as a folded correction reads them: K/32, padded to a whole block."""
     return -(-(k // BLOCK) // BLOCK) * BLOCK
-
-
-def _asymmetric_4bit(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[N, blocks, 32] float64 -> (codes uint8, scales float32, zero points uint8), zero exactly representable."""
-    lo = np.minimum(values.min(axis=-1), 0.0)
-    hi = np.maximum(values.max(axis=-1), 0.0)
-    scale = ((hi - lo) / 15.0).astype(np.float32)
-    scale = np.where(scale == 0, np.float32(1.0), scale)
-    zp = np.clip(np.rint(-lo / scale), 0, 15)
-    q = np.clip(np.rint(values / scale[..., None]) + zp[..., None], 0, 15)
-    return q.astype(np.uint8), scale, zp.astype(np.uint8)
 
 
 def fold_correction(w: NBitsWeight, levels: int = CORRECTION_LEVELS) -> NBitsWeight:
@@ -160,7 +156,7 @@ def fold_correction(w: NBitsWeight, levels: int = CORRECTION_LEVELS) -> NBitsWei
     rest[:, : w.k // BLOCK] = w.correction
     codes, scales, zps = [unpack(w.packed, 4)], [w.scales], [unpack(w.zero_points, 4)[:, : w.scales.shape[1]]]
     for _ in range(levels):
-        q, scale, zp = _asymmetric_4bit(rest.reshape(w.n, width // BLOCK, BLOCK))
+        q, scale, zp = asymmetric_blocks(rest.reshape(w.n, width // BLOCK, BLOCK), 4)
         rest -= ((q.astype(np.float64) - zp[..., None]) * scale[..., None]).reshape(w.n, width)
         codes.append(q)
         scales.append(scale)

@@ -307,40 +307,26 @@ class Recorder:
         (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,
          enqueued, started, ended, batch_rows, more, extra) = entry
         rid = request_id if request_id.__class__ is str else f"{self._id_prefix}-{request_id}"
-        if more is None and batch_rows and tokens_out is None and not extra:
-            # The usual request (one engine call, no output tokens): one dict literal, the same keys in the same
-            # order as the general path below; milliseconds to the microsecond (short in JSON).
-            window = (started, ended)
-            batch = batch_j[window] if window in batch_j else batch_j.setdefault(
-                window, self.trace.energy_j(started, ended))
+        joules: float | None = None
+        # Milliseconds to the microsecond: short in JSON.
+        if more is None and batch_rows:  # the usual request, one engine call: its fields in one dict literal
             record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": rid,
                       "model": model, "task": task, "status": status, "rows": rows, "batch": batch_rows,
                       "queue_ms": int((started - enqueued) * 1e6 + 0.5) / 1000,
                       "run_ms": int((ended - started) * 1e6 + 0.5) / 1000,
                       "total_ms": int(total_s * 1e6 + 0.5) / 1000}
-            if tokens_in is not None:
-                record["tokens_in"] = tokens_in
-            if batch is not None:
-                record["energy_j"] = int(batch * rows / batch_rows * 1e6 + 0.5) / 1e6
-                record["power_source"] = self.source_name
-            return record
-        record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": rid,
-                  "model": model, "task": task, "status": status, "rows": rows}
-        joules: float | None = None
-        if more is None and batch_rows:  # one engine call
-            # Milliseconds to the microsecond: short in JSON.
-            record["batch"] = batch_rows
-            record["queue_ms"] = int((started - enqueued) * 1e6 + 0.5) / 1000
-            record["run_ms"] = int((ended - started) * 1e6 + 0.5) / 1000
             batch = self._batch_energy(started, ended, batch_j)
             if batch is not None:
                 joules = batch * rows / batch_rows
-        elif more:  # split into chunks, each in an engine call of its own
-            record["batch"] = max(b[3] for b in more)
-            record["queue_ms"] = int(max(b[1] - b[0] for b in more) * 1e6 + 0.5) / 1000
-            record["run_ms"] = int(sum(b[2] - b[1] for b in more) * 1e6 + 0.5) / 1000
-            joules = self._energy(more, batch_j)
-        record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
+        else:
+            record = {"kind": "request", "ts": self._stamp(wall), "mono_ns": int(mono * 1e9), "id": rid,
+                      "model": model, "task": task, "status": status, "rows": rows}
+            if more:  # split into chunks, each in an engine call of its own
+                record["batch"] = max(b[3] for b in more)
+                record["queue_ms"] = int(max(b[1] - b[0] for b in more) * 1e6 + 0.5) / 1000
+                record["run_ms"] = int(sum(b[2] - b[1] for b in more) * 1e6 + 0.5) / 1000
+                joules = self._energy(more, batch_j)
+            record["total_ms"] = int(total_s * 1e6 + 0.5) / 1000
         if tokens_in is not None:
             record["tokens_in"] = tokens_in
         if tokens_out is not None:
