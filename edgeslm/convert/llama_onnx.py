@@ -1,11 +1,12 @@
 """An ONNX decoder graph for a Llama GGUF on onnxruntime's fused CPU operators, with an in-place KV cache.
 
-Tokens flow as rows of 2-D tensors [batch * seq, features]. Per layer: SkipSimplifiedLayerNormalization ->
-one MatMulNBits for Q|K|V -> GroupQueryAttention (rotary inside; past and present KV share one buffer) ->
-MatMulNBits -> SkipSimplifiedLayerNormalization -> one MatMulNBits for gate|up -> SiLU(gate) * up ->
-MatMulNBits. A Q4_1 weight's per-block constant rides in the same MatMulNBits: the node reads x followed by
-x's 32-block sums (x @ P), which meet extra 4-bit weight rows holding the constants (nbits.fold_correction). The token
-embedding and the tied output projection share one 8-bit table (GatherBlockQuantized / MatMulNBits).
+Tokens flow as rows of 2-D tensors [batch * seq, features]. Per layer: SkipSimplifiedLayerNormalization -> one
+MatMulNBits for Q|K|V -> GroupQueryAttention (rotary inside; past and present KV share one buffer) -> MatMulNBits ->
+SkipSimplifiedLayerNormalization -> one MatMulNBits for gate|up -> SiLU(gate) * up -> MatMulNBits. The last layer,
+past its attention, runs on the rows named by logits_index alone. A Q4_1 weight's per-block constant rides in the
+same MatMulNBits: the node reads x followed by x's 32-block sums (x @ P), which meet extra 4-bit weight rows holding
+the constants (nbits.fold_correction). The token embedding and the tied output projection share one 8-bit table
+(GatherBlockQuantized / MatMulNBits).
 
 Inputs: input_ids int64 [batch, seq]; seqlens_k int32 [batch] (tokens in the cache after this step, minus 1);
 total_sequence_length int32 scalar; logits_index int64 [n] (positions along seq whose logits to return);
@@ -92,7 +93,7 @@ class LlamaGraphBuilder:
         return self._consts[name]
 
     def matmul(self, x: str, w: NBitsWeight, prefix: str) -> str:
-        """x [tokens, K] @ W.T in one MatMulNBits. A Q4_1 correction is folded into the node (see
+        """x [..., K] @ W.T in one MatMulNBits. A Q4_1 correction is folded into the node (see
         nbits.fold_correction): its input is then x followed by copies of x's block sums."""
         g = self.g
         w = fold_correction(w)
@@ -163,7 +164,14 @@ class LlamaGraphBuilder:
                 [f"{p}.attn3", f"present.{i}.key", f"present.{i}.value"], domain=MS,
                 num_heads=s.heads, kv_num_heads=s.kv_heads, do_rotary=1, rotary_interleaved=0,
             )[0]
-            attn = g.node("Reshape", [attn3, tokens_shape], [f"{p}.attn"])[0]
+            if i == s.layers - 1:
+                # Past the last attention only the rows whose logits are asked for matter: the last layer's
+                # output projection and feed-forward run on those rows alone (a prefill's others are skipped).
+                attn = g.node("Gather", [attn3, "logits_index"], [f"{p}.attn"], axis=1)[0]
+                resid3 = g.node("Reshape", [residual, bsd], [f"{p}.resid3"])[0]
+                residual = g.node("Gather", [resid3, "logits_index"], [f"{p}.resid_picked"], axis=1)[0]
+            else:
+                attn = g.node("Reshape", [attn3, tokens_shape], [f"{p}.attn"])[0]
             out = self.matmul(attn, self.weight_for(m.layer(i, "attn_output"), "attn_output"), f"{p}.o")
             ffn_norm = g.const(f"{p}.ffn_norm", norm_weight(m.layer(i, "ffn_norm")))
             normed, residual = g.node("SkipSimplifiedLayerNormalization", [out, residual, ffn_norm],
@@ -178,11 +186,7 @@ class LlamaGraphBuilder:
             pending = self.matmul(act, self.weight_for(m.layer(i, "ffn_down"), "ffn_down"), f"{p}.down")
         final_norm = g.const("final_norm", norm_weight(m.tensor("output_norm.weight")))
         assert pending is not None
-        picked = []
-        for tensor, label in ((pending, "out"), (residual, "res")):
-            as3 = g.node("Reshape", [tensor, bsd], [f"final.{label}3"])[0]
-            picked.append(g.node("Gather", [as3, "logits_index"], [f"final.{label}_picked"], axis=1)[0])
-        normed = g.node("SkipSimplifiedLayerNormalization", [*picked, final_norm], ["final.normed"],
+        normed = g.node("SkipSimplifiedLayerNormalization", [pending, residual, final_norm], ["final.normed"],
                         domain=MS, epsilon=s.rms_eps)[0]
         head = embed if m.tied else self.weight_for(m.output, "output")
         if m.tied:
