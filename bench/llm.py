@@ -11,7 +11,8 @@ and the process's peak RSS:
   with the daemon's default engine options (spin = "run": onnxruntime workers spin inside a run, as llama.cpp's
   threads do, and sleep after it);
 - edgeslm socket: `edgeslm serve` in a subprocess, /v1/completions streamed over the Unix socket (peak RSS is
-  the daemon's); then 4 concurrent streams for the aggregate decode rate.
+  the daemon's); then 4 concurrent streams for the aggregate decode rate, over the whole run (from the first
+  token, so the later streams' prefills count against it) and while all four decode.
 - onnxruntime-genai (when .venv-genai exists, see bench/llm_genai_checkpoint.py): its own builder's int8 model,
   built from the GGUF's dequantized weights (the builder cannot read quantized GGUF and the original checkpoint
   cannot be downloaded here); end-of-turn suppressed with min_length; its prefill is timed once.
@@ -134,8 +135,9 @@ def run_genai(model_dir: Path) -> dict:
             "tokens": out, "peak_rss_mb": peak_rss_mb()}
 
 
-def _stream(client, body: dict) -> tuple[float, float, float, int]:
-    """(start, first token, end, tokens) of one streamed completion."""
+def _stream(client, body: dict, arrivals: list[float] | None = None) -> tuple[float, float, float, int]:
+    """(start, first token, end, tokens) of one streamed completion; each text event's arrival time goes to
+    `arrivals` when given."""
     start = time.perf_counter()
     first, count = None, 0
     with client.stream("POST", "/v1/completions", json=body) as r:
@@ -144,8 +146,11 @@ def _stream(client, body: dict) -> tuple[float, float, float, int]:
                 event = json.loads(line[6:])
                 if event.get("usage"):
                     count = event["usage"]["completion_tokens"]
-                elif first is None:
-                    first = time.perf_counter()
+                else:
+                    now = time.perf_counter()
+                    first = now if first is None else first
+                    if arrivals is not None:
+                        arrivals.append(now)
     return start, first or time.perf_counter(), time.perf_counter(), count
 
 
@@ -181,11 +186,13 @@ def run_socket(model_dir: Path) -> dict:
             prompt_tokens = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 1}
                                         ).json()["usage"]["prompt_tokens"]
             results: list[tuple[float, float, float, int]] = []
+            arrivals: list[list[float]] = [[] for _ in range(4)]
 
             def one(i: int) -> None:
                 with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost",
                                   timeout=300) as c:
-                    results.append(_stream(c, {**body, "prompt": PROMPT.replace("robot", f"robot {i}")}))
+                    results.append(_stream(c, {**body, "prompt": PROMPT.replace("robot", f"robot {i}")},
+                                           arrivals[i]))
 
             threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
             for t in threads:
@@ -193,10 +200,14 @@ def run_socket(model_dir: Path) -> dict:
             for t in threads:
                 t.join()
             firsts, ends = [r[1] for r in results], [r[2] for r in results]
+            # From the first stream's first token to the last stream's end: the later streams' prefills included.
             aggregate = sum(r[3] - 1 for r in results) / (max(ends) - min(firsts))
+            # While all four decode (the last first token to the first end): the steady rate of a 4-row batch.
+            both = max(firsts), min(ends)
+            steady = sum(both[0] < t <= both[1] for times in arrivals for t in times) / (both[1] - both[0])
             return {"prompt_tokens": prompt_tokens, "prefill_s": statistics.median(prefill), "decode_s": end - first,
                     "tokens_generated": count, "peak_rss_mb": peak_rss_mb(daemon.pid),
-                    "aggregate4_decode_tps": aggregate}
+                    "aggregate4_decode_tps": aggregate, "steady4_decode_tps": steady}
         finally:
             daemon.terminate()
             daemon.wait(30)
@@ -271,6 +282,7 @@ def main() -> int:
         }
         if "aggregate4_decode_tps" in results[0]:
             rows[name]["agg4"] = statistics.median(x["aggregate4_decode_tps"] for x in results)
+            rows[name]["steady4"] = statistics.median(x["steady4_decode_tps"] for x in results)
     base = rows.get("llama.cpp")
     print(f"\nSmolLM2-135M Q4_1, prompt {runs[names[-1]][0]['prompt_tokens']} tokens, {NEW_TOKENS} greedy tokens, "
           f"{THREADS} threads, median of {args.rounds} interleaved rounds (provisional: shared machine)\n")
@@ -283,7 +295,9 @@ def main() -> int:
     socket = rows.get("edgeslm socket")
     if socket and "agg4" in socket:
         print(f"\nedgeslm socket, 4 concurrent streams: aggregate decode {socket['agg4']:.1f} tok/s = "
-              f"{socket['agg4'] / socket['decode']:.2f}x one stream")
+              f"{socket['agg4'] / socket['decode']:.2f}x one stream (first token to last end, the later prefills "
+              f"included); while all 4 decode {socket['steady4']:.1f} tok/s = "
+              f"{socket['steady4'] / socket['decode']:.2f}x")
     sequence = runs["edgeslm in-process"][0]["tokens"]
     prompt_len = runs["edgeslm in-process"][0]["prompt_tokens"]
     from tokenizers import Tokenizer
