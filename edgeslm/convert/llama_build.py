@@ -86,7 +86,7 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
     """Convert the GGUF found under `source` into the empty folder `out`; raise ModelLoadError if a check fails."""
     import onnx
 
-    from edgeslm.convert.llama_onnx import build_graph
+    from edgeslm.convert.llama_onnx import build_graph, share_gather_table
     from edgeslm.convert.reference import ReferenceLlama
     from edgeslm.tasks.chat import ChatTemplate
 
@@ -107,6 +107,7 @@ def build_llama(recipe: Recipe, source: Path, out: Path, progress: Progress | No
         # Weights in a side file: onnxruntime maps it instead of copying it out of a parsed protobuf.
         onnx.save_model(build_graph(model, variant), str(out / name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)
+        share_gather_table(out / name)
         # onnx writes the side file 0600; a store root pulls for the service user must be readable like the rest.
         (out / f"{name}.data").chmod(0o644)
 

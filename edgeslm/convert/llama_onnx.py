@@ -6,7 +6,7 @@ SkipSimplifiedLayerNormalization -> one MatMulNBits for gate|up -> SiLU(gate) * 
 past its attention, runs on the rows named by logits_index alone. A Q4_1 weight's per-block constant rides in the
 same MatMulNBits: the node reads x followed by x's 32-block sums (x @ P), which meet extra 4-bit weight rows holding
 the constants (nbits.fold_correction). The token embedding and the tied output projection share one 8-bit table
-(GatherBlockQuantized / MatMulNBits).
+(GatherBlockQuantized / MatMulNBits): one copy on disk, read through two initializers (share_gather_table).
 
 Inputs: input_ids int64 [batch, seq]; seqlens_k int32 [batch] (tokens in the cache after this step, minus 1);
 total_sequence_length int32 scalar; logits_index int64 [n] (positions along seq whose logits to return);
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -37,6 +38,8 @@ from edgeslm.convert.nbits import (
 MS = "com.microsoft"
 OPSET = 21
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: activations quantized to int8 per block (the fast CPU path)
+TIED_TABLE = "embed.qweight"  # the 8-bit token table: the tied output projection's weight
+GATHER_TABLE = "embed.gather_qweight"  # the same table as the embedding gather's input (same bytes on disk)
 
 
 @dataclass
@@ -125,9 +128,12 @@ class LlamaGraphBuilder:
         embed = self.weight_for(m.tensor("token_embd.weight"), "embed")
         if embed.bits != 8 or embed.zero_points is not None or embed.correction is not None:
             raise ValueError("the token embedding must be a symmetric 8-bit table")
-        table = g.const("embed.qweight", embed.packed)  # [vocab, nb, 32]
+        table = g.const(TIED_TABLE, embed.packed)  # [vocab, nb, 32]
         g.const("embed.gather_scales", embed.scales[..., None])
-        g.node("GatherBlockQuantized", ["embed.qweight", "input_ids", "embed.gather_scales"], ["embed.blocks"],
+        # The gather reads the table through an initializer of its own (GATHER_TABLE), not shared with the tied
+        # output projection: onnxruntime then drops the projection's copy once it has repacked it.
+        gather_table = GATHER_TABLE if m.tied else table
+        g.node("GatherBlockQuantized", [gather_table, "input_ids", "embed.gather_scales"], ["embed.blocks"],
                domain=MS, bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=2)
         # Tokens are rows of 2-D tensors [batch * seq, features]; GroupQueryAttention alone wants [batch, seq, ..].
         tokens_shape = g.const("tokens_shape", np.array([-1, s.hidden], np.int64))
@@ -194,11 +200,41 @@ class LlamaGraphBuilder:
                    K=head.k, N=head.n, bits=8, block_size=BLOCK, accuracy_level=self.accuracy)
         else:
             g.node("Identity", [self.matmul(normed, head, "lm_head")], ["logits"])
+        if m.tied:
+            g.const(GATHER_TABLE, embed.packed)  # last, so that its bytes end the side file (see share_gather_table)
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                                   producer_name="edgeslm", producer_version="1")
         model.ir_version = 10
         return model
+
+
+def share_gather_table(model_path: Path) -> None:
+    """In a saved model, point the gather's table (GATHER_TABLE) at the tied table's bytes in the side file and
+    cut its own copy, the side file's last bytes, off: one copy on disk. onnxruntime maps each initializer on
+    its own, so the gather's mapping faults in only the rows it reads, and the projection's goes once repacked
+    (an in-process generator's resident memory 24 MB lower, measured)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    by_name = {t.name: t for t in model.graph.initializer}
+    if GATHER_TABLE not in by_name:
+        return
+    gather, tied = by_name[GATHER_TABLE], by_name[TIED_TABLE]
+    own, shared = ({e.key: e.value for e in t.external_data} for t in (gather, tied))
+    side = model_path.parent / own["location"]
+    start, length = int(own["offset"]), int(own["length"])
+    if shared["location"] != own["location"] or int(shared["length"]) != length or \
+            start + length != side.stat().st_size:
+        raise ValueError(f"{model_path.name}: the gather's table is not the side file's last tensor")
+    with side.open("r+b") as f:
+        f.seek(int(shared["offset"]))
+        first = f.read(length)
+        f.seek(start)
+        if f.read(length) != first:
+            raise ValueError(f"{model_path.name}: the two token tables differ")
+        f.truncate(start)
+    del gather.external_data[:]
+    gather.external_data.extend(tied.external_data)
+    onnx.save_model(model, str(model_path))
 
 
 def exact_encoding(t, role: str) -> NBitsWeight:

@@ -8,6 +8,7 @@ import pytest
 
 from edgeslm.convert.gguf_llama import BLOCK, dequantize, read_gguf
 from edgeslm.convert.llama_build import mean_kl
+from edgeslm.convert.llama_onnx import GATHER_TABLE, TIED_TABLE
 from edgeslm.convert.nbits import exact_weight, fold_correction, int8_weight, unpack
 from edgeslm.convert.reference import ReferenceLlama
 from edgeslm.runtime import EngineOptions, open_engine
@@ -61,6 +62,18 @@ def test_a_folded_q4_1_correction_keeps_the_codes_and_comes_within_1_225_of_the_
 def test_graph_uses_the_fused_operators(tiny_llm):
     ops = {n.op_type for n in onnx.load(str(tiny_llm / "model.onnx"), load_external_data=False).graph.node}
     assert {"GroupQueryAttention", "MatMulNBits", "SkipSimplifiedLayerNormalization", "GatherBlockQuantized"} <= ops
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model_int8.onnx"])
+def test_the_gather_and_the_tied_projection_read_one_copy_of_the_table(tiny_llm, name):
+    model = onnx.load(str(tiny_llm / name), load_external_data=False)
+    where = {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer}
+    gather_input = next(n.input[0] for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    head_input = next(n.input[1] for n in model.graph.node if n.output[0] == "logits")
+    assert (gather_input, head_input) == (GATHER_TABLE, TIED_TABLE)
+    assert where[GATHER_TABLE] == where[TIED_TABLE]
+    ends = [int(w["offset"]) + int(w["length"]) for w in where.values() if w]
+    assert (tiny_llm / f"{name}.data").stat().st_size == max(ends)  # no second copy at the end
 
 
 def test_onnx_logits_follow_the_fp32_reference(gguf, decoder):
