@@ -204,7 +204,8 @@ def run_socket(model_dir: Path) -> dict:
             aggregate = sum(r[3] - 1 for r in results) / (max(ends) - min(firsts))
             # While all four decode (the last first token to the first end): the steady rate of a 4-row batch.
             both = max(firsts), min(ends)
-            steady = sum(both[0] < t <= both[1] for times in arrivals for t in times) / (both[1] - both[0])
+            steady = (sum(both[0] < t <= both[1] for times in arrivals for t in times) / (both[1] - both[0])
+                      if both[1] > both[0] else float("nan"))  # nan: the four never decoded at once
             return {"prompt_tokens": prompt_tokens, "prefill_s": statistics.median(prefill), "decode_s": end - first,
                     "tokens_generated": count, "peak_rss_mb": peak_rss_mb(daemon.pid),
                     "aggregate4_decode_tps": aggregate, "steady4_decode_tps": steady}
