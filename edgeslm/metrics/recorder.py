@@ -10,8 +10,10 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from edgeslm.core.batcher import Completion
@@ -68,16 +70,30 @@ class RequestCall:
             self.recorder.finish(self, status, started_at)
 
 
+_ENDED = itemgetter(12)  # of a FinishedRequest: when its (last) batch ended; 0.0 if it never ran
+
+
+def _floats(values: np.ndarray) -> list[list[bytes]]:
+    """Each float of each row as JSON, the whole array formatted by orjson in one call."""
+    values = np.atleast_2d(values)
+    items = orjson.dumps(values.ravel().tolist())[1:-1].split(b",")
+    n = values.shape[1]
+    return [items[i * n:(i + 1) * n] for i in range(len(values))]
+
+
 class IsoStamp:
     """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second."""
 
     _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+    _MILLIS_BYTES = tuple(m.encode() for m in _MILLIS)
 
     def __init__(self) -> None:
         self._second: int | None = None
         self._prefix = ""
         self._millis = -1
         self._last = ""
+        self._bytes_second: int | None = None
+        self._bytes_prefix = b""
 
     def __call__(self, wall: float) -> str:
         millis = int(wall * 1000)
@@ -88,6 +104,24 @@ class IsoStamp:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         self._millis, self._last = millis, self._prefix + self._MILLIS[ms]
         return self._last
+
+    def columns(self, walls: Sequence[float]) -> tuple[list[bytes], list[bytes]]:
+        """The stamps of many times as two columns of bytes: up to the second, and the rest."""
+        millis = (np.array(walls) * 1000).astype(np.int64)
+        seconds, ms = np.divmod(millis, 1000)
+        first, last = int(seconds[0]), int(seconds[-1])
+        if first == last == seconds.min():  # the usual slice: all within one second
+            prefixes = [self._second_bytes(first)] * len(millis)
+        else:
+            prefixes = [self._second_bytes(s) for s in seconds.tolist()]
+        suffixes = self._MILLIS_BYTES
+        return prefixes, [suffixes[m] for m in ms.tolist()]
+
+    def _second_bytes(self, second: int) -> bytes:
+        if second != self._bytes_second:
+            self._bytes_second = second
+            self._bytes_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return self._bytes_prefix
 
 
 class Recorder:
@@ -130,7 +164,9 @@ class Recorder:
         self.overflowed = 0
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
+        self._id_prefix_bytes = self._id_prefix.encode()
         self._stamp = IsoStamp()
+        self._json_cache: dict[str, bytes] = {}
         self._finished: deque[FinishedRequest] = deque()  # not yet counted
         self._pending: deque[FinishedRequest] = deque()  # counted, not yet written
         self._samples: deque[dict] = deque(maxlen=1000)
@@ -191,9 +227,8 @@ class Recorder:
     def absorb(self) -> None:
         """Count the requests finished since the last call; queue their records for writing."""
         with self._absorb_lock:
-            taken = []
-            while self._finished:
-                taken.append(self._finished.popleft())
+            finished = self._finished
+            taken = [finished.popleft() for _ in range(len(finished))]  # what the event loop adds meanwhile stays
             if not taken:
                 return
             if self.observer is not None:
@@ -259,32 +294,109 @@ class Recorder:
         self.absorb()
         if self.writer is None:
             return False
-        done = 0
         with self._flush_lock:
             covered = self.trace.last_t
             give_up = self.clock() - self.energy_wait_s
-            energy: dict[str, float] = defaultdict(float)
-            batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
-            lines = self._lines
-            while self._pending:
-                entry = self._pending[0]
-                ended = entry[12] if entry[13] else None  # chunks run in order: the last ends last
-                waiting = ended is not None and (covered is None or covered < ended) and entry[1] > give_up
-                if waiting and self.waits_for_power and not final:
-                    break
-                if limit is not None and done >= limit:
-                    break
-                done += 1
-                self._pending.popleft()
-                record = self._request_record(entry, batch_j)
-                if "energy_j" in record:
-                    energy[entry[2]] += record["energy_j"]
-                # The newline joins each record to a small copy and frees orjson's buffer at once: keeping
-                # thousands of orjson's own buffers cost 5-7 us per record here, this costs under 1 us.
-                lines.append(orjson.dumps(record) + b"\n")
+            pending = self._pending
+            taken = [pending.popleft() for _ in range(len(pending) if limit is None else min(limit, len(pending)))]
+            # Under load every record taken is ready: each batch ended before the last power sample.
+            if taken and self.waits_for_power and not final and (covered is None or max(map(_ENDED, taken)) > covered):
+                for i, entry in enumerate(taken):
+                    ended = entry[12] if entry[13] else None  # chunks run in order: the last ends last
+                    if ended is not None and (covered is None or covered < ended) and entry[1] > give_up:
+                        pending.extendleft(reversed(taken[i:]))  # waiting for power: these and all after them
+                        del taken[i:]
+                        break
+            if not taken:
+                return False
+            lines, energy = self._serialise(taken)
+            self._lines.extend(lines)
             if energy and self.observer is not None:
                 self.observer.add_energy(energy)
-            return limit is not None and done >= limit and bool(self._pending)
+            return limit is not None and len(taken) >= limit and bool(pending)
+
+    def _serialise(self, taken: list[FinishedRequest]) -> tuple[list[bytes], dict[str, float]]:
+        """The records' lines (each ending in a newline) and their joules by model."""
+        plain = self._plain_lines(taken)
+        if plain is not None:
+            return plain
+        energy: dict[str, float] = defaultdict(float)
+        batch_j: dict[tuple[float, float], float | None] = {}  # a batch's energy, computed once for its requests
+        out = []
+        for entry in taken:
+            record = self._request_record(entry, batch_j)
+            if "energy_j" in record:
+                energy[entry[2]] += record["energy_j"]
+            # The newline joins each record to a small copy and frees orjson's buffer at once: keeping
+            # thousands of orjson's own buffers cost 5-7 us per record here, this costs under 1 us.
+            out.append(orjson.dumps(record) + b"\n")
+        return out, energy
+
+    def _plain_lines(self, taken: list[FinishedRequest]) -> tuple[list[bytes], dict[str, float]] | None:
+        """The usual slice under load, column by column: every request ran in one engine call, none carries extra
+        fields, and tokens_in and tokens_out are each given for all or for none. Else None.
+
+        The same lines as `_request_record` + orjson (a test holds them equal), in about a third of the time:
+        numpy does the arithmetic and the timestamps for the whole slice, orjson formats each column of
+        floats in one call, and each line is one bytes %-format."""
+        (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,
+         enqueued, started, ended, batch_rows, more, extra) = zip(*taken)
+        n = len(taken)
+        if more.count(None) < n or extra.count(None) < n or 0 in batch_rows:
+            return None
+        optional = []
+        for name, column in ((b"tokens_in", tokens_in), (b"tokens_out", tokens_out)):
+            missing = column.count(None)
+            if not missing:
+                optional.append((name, column))
+            elif missing < n:
+                return None
+        start, end = np.array(started), np.array(ended)
+        if set(map(type, request_id)) == {int}:  # our serial numbers
+            id_format, ids = b'"%s-%%d"' % self._id_prefix_bytes, request_id
+        else:
+            id_format, ids = b"%s", [self._id_json(rid) for rid in request_id]
+        seconds = np.stack([start - np.array(enqueued), end - start, np.array(total_s)])
+        queue_ms, run_ms, total_ms = _floats(np.floor(seconds * 1e6 + 0.5) / 1000)
+        columns: list[Sequence[Any]] = [
+            *self._stamp.columns(wall), (np.array(mono) * 1e9).astype(np.int64).tolist(), ids,
+            self._json_strings(model), self._json_strings(task), self._json_strings(status), rows, batch_rows,
+            queue_ms, run_ms, total_ms]
+        template = (b'{"kind":"request","ts":"%s%s","mono_ns":%d,"id":' + id_format + b',"model":%s,"task":%s,'
+                    b'"status":%s,"rows":%d,"batch":%d,"queue_ms":%s,"run_ms":%s,"total_ms":%s')
+        for name, column in optional:
+            template += b',"%s":%%d' % name
+            columns.append(column)
+        energy: dict[str, float] = {}
+        # One integration per batch: its requests share its start and end times.
+        _, first, batch_of = np.unique(start, return_index=True, return_inverse=True)
+        if not np.array_equal(end[first][batch_of], end):
+            return None  # two models' batches started at the same instant
+        batch_j = [self.trace.energy_j(started[i], ended[i]) for i in first.tolist()]
+        if None not in batch_j:
+            joules = np.floor(np.array(batch_j)[batch_of] * np.array(rows) / np.array(batch_rows) * 1e6 + 0.5) / 1e6
+            template += b',"energy_j":%s,"power_source":' + orjson.dumps(self.source_name)
+            columns.append(_floats(joules)[0])
+            for name, j in zip(model, joules.tolist()):
+                energy[name] = energy.get(name, 0.0) + j
+        template += b"}\n"
+        return [template % values for values in zip(*columns)], energy
+
+    def _id_json(self, request_id: str | int) -> bytes:
+        if request_id.__class__ is str:
+            return orjson.dumps(request_id)
+        return b'"%s-%d"' % (self._id_prefix_bytes, request_id)
+
+    def _json_strings(self, values: Sequence[str]) -> list[bytes]:
+        cache = self._json_cache
+        try:
+            return [cache[v] for v in values]
+        except KeyError:
+            if len(cache) > 1000:  # statuses and names are few; this only bounds a misuse
+                cache.clear()
+            for v in values:
+                cache.setdefault(v, orjson.dumps(v))
+            return [cache[v] for v in values]
 
     def write(self, *, final: bool = False) -> int:
         """Append the serialised records (and the sample records) to the file; returns how many were written."""

@@ -227,3 +227,42 @@ def test_an_idle_daemon_writes_samples_once_a_minute(recorder, tmp_path, clock):
     assert rec.flush() == 2  # a request to write takes the samples along
     assert [r["kind"] for r in read_records(tmp_path)] == ["sample"] * 5 + ["request"]
 
+
+
+@pytest.mark.parametrize("power", [True, False])
+def test_the_column_by_column_lines_are_the_record_by_record_lines(tmp_path, clock, power):
+    import orjson
+
+    trace = PowerTrace()
+    if power:
+        for t in range(1, 40):
+            trace.add(t * 0.25, 2.0 + (t % 7) * 0.37)
+    rec = Recorder(JsonlWriter(tmp_path), trace, source_name="rapl", clock=clock, wall_clock=lambda: 1.8e9 + clock.now)
+    rng = np.random.default_rng(3)
+    calls = []
+    for i in range(60):
+        clock.now = 1.0 + i * 0.13
+        start = 1.0 + (i // 4) * 0.5  # four requests to a batch
+        rid = ('he said "hi" \\ ünï' if i == 7 else f"client-{i}") if i % 5 == 0 else None
+        call = rec.open("intents" if i % 3 else "minilm", "classify", int(rng.integers(1, 4)), tokens_in=i + 3,
+                        request_id=rid)
+        call.tokens_out = i * 2
+        call.ran([Completion({}, None, 9, 4, start - rng.random() * 0.01, start, start + 0.0123456789)], [feeds(1)])
+        call.finish("ok" if i % 4 else "cancelled", clock.now - rng.random() * 0.05)
+        calls.append(call)
+    rec.absorb()
+    entries = list(rec._pending)
+    by_record = [orjson.dumps(rec._request_record(e, {})) + b"\n" for e in entries]
+    plain = rec._plain_lines(entries)
+    assert plain is not None
+    assert plain[0] == by_record
+    expected: dict[str, float] = {}
+    for line in by_record:
+        record = orjson.loads(line)
+        if "energy_j" in record:
+            expected[record["model"]] = expected.get(record["model"], 0.0) + record["energy_j"]
+    assert plain[1] == pytest.approx(expected) and bool(expected) == power
+    # A slice with a request split into chunks, or with tokens given for only some, goes record by record.
+    assert rec._plain_lines(entries[:3] + [entries[3][:14] + (((1.0, 1.1, 1.2, 4, 1),), None)]) is None
+    assert rec._plain_lines(entries[:3] + [entries[3][:7] + (None,) + entries[3][8:]]) is None
+    rec.close()
