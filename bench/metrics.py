@@ -163,23 +163,26 @@ def recording_cost(workdir: Path, n: int = 20000, repeats: int = 5) -> dict:
     trace = PowerTrace()
     for i in range(600):
         trace.add(i * 0.01, 3.0)
-    done = [Completion({}, None, 8, 8, 1.0, 1.0002, 1.0012)]
     chunks = [{}]
+    done = [[Completion({}, None, 8, 8, start - 0.0002, start, start + 0.0008)]  # batches of 8
+            for start in (1.0 + i // 8 * 0.001 for i in range(n))]
     path_us, flush_us = [], []
     for i in range(repeats):
         recorder = Recorder(JsonlWriter(workdir / f"cost-{i}"), trace, observer=PromMetrics(), source_name="rapl")
 
         async def requests(recorder: Recorder = recorder) -> float:  # on an event loop, as in the daemon
             started = time.process_time()
-            for _ in range(n):
+            for completions in done:
                 call = recorder.open("intents", "classify", 1, 7, None)
-                call.ran(done, chunks)
+                call.ran(completions, chunks)
                 call.finish("ok", 0.999)
             return time.process_time() - started
 
         path_us.append(asyncio.run(requests()) * 1e6 / n)
         started = time.process_time()
-        recorder.flush(final=True)
+        while recorder.prepare(final=True, limit=recorder.slice_records):  # in slices, as the event loop does
+            pass
+        recorder.write(final=True)
         flush_us.append((time.process_time() - started) * 1e6 / n)
         recorder.close()
     return {"request_path_us": statistics.median(path_us), "flush_us": statistics.median(flush_us)}
