@@ -109,9 +109,9 @@ class IsoStamp:
         """The stamps of many times as two columns of bytes: up to the second, and the rest."""
         millis = (np.array(walls) * 1000).astype(np.int64)
         seconds, ms = np.divmod(millis, 1000)
-        first, last = int(seconds[0]), int(seconds[-1])
-        if first == last == seconds.min():  # the usual slice: all within one second
-            prefixes = [self._second_bytes(first)] * len(millis)
+        low, high = int(seconds.min()), int(seconds.max())
+        if low == high:  # the usual slice: all within one second
+            prefixes = [self._second_bytes(low)] * len(millis)
         else:
             prefixes = [self._second_bytes(s) for s in seconds.tolist()]
         suffixes = self._MILLIS_BYTES
@@ -336,7 +336,7 @@ class Recorder:
         """The usual slice under load, column by column: every request ran in one engine call, none carries extra
         fields, and tokens_in and tokens_out are each given for all or for none. Else None.
 
-        The same lines as `_request_record` + orjson (a test holds them equal), in about a third of the time:
+        The same lines as `_request_record` + orjson (a test holds them equal), in ~30% less time (in-process):
         numpy does the arithmetic and the timestamps for the whole slice, orjson formats each column of
         floats in one call, and each line is one bytes %-format."""
         (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,

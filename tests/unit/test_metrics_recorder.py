@@ -237,7 +237,9 @@ def test_the_column_by_column_lines_are_the_record_by_record_lines(tmp_path, clo
     if power:
         for t in range(1, 40):
             trace.add(t * 0.25, 2.0 + (t % 7) * 0.37)
-    rec = Recorder(JsonlWriter(tmp_path), trace, source_name="rapl", clock=clock, wall_clock=lambda: 1.8e9 + clock.now)
+    # The wall clock jumps ahead now and then (a clock step): seconds not in order within a slice.
+    rec = Recorder(JsonlWriter(tmp_path), trace, source_name="rapl", clock=clock,
+                   wall_clock=lambda: 1.8e9 + clock.now + (0.9 if round(clock.now * 100) % 7 == 3 else 0.0))
     rng = np.random.default_rng(3)
     calls = []
     for i in range(60):
@@ -266,3 +268,12 @@ def test_the_column_by_column_lines_are_the_record_by_record_lines(tmp_path, clo
     assert rec._plain_lines(entries[:3] + [entries[3][:14] + (((1.0, 1.1, 1.2, 4, 1),), None)]) is None
     assert rec._plain_lines(entries[:3] + [entries[3][:7] + (None,) + entries[3][8:]]) is None
     rec.close()
+
+
+def test_stamps_made_for_a_column_match_stamps_made_one_by_one():
+    from edgeslm.metrics.recorder import IsoStamp
+
+    walls = [1.8e9 + 5.1, 1.8e9 + 6.2, 1.8e9 + 86400.5, 1.8e9 + 5.9994]  # out of order, a day on, back
+    prefixes, suffixes = IsoStamp().columns(walls)
+    assert [(p + s).decode() for p, s in zip(prefixes, suffixes)] == [IsoStamp()(w) for w in walls]
+    assert IsoStamp().columns(walls[:1]) == ([b"2027-01-15T08:00:05"], [b".100Z"])
