@@ -199,10 +199,9 @@ class LlamaGraphBuilder:
         if m.tied:
             g.node("MatMulNBits", [normed, table, g.const("embed.scales", embed.scales)], ["logits"], domain=MS,
                    K=head.k, N=head.n, bits=8, block_size=BLOCK, accuracy_level=self.accuracy)
+            g.const(GATHER_TABLE, embed.packed)  # last, so that its bytes end the side file (see share_gather_table)
         else:
             g.node("Identity", [self.matmul(normed, head, "lm_head")], ["logits"])
-        if m.tied:
-            g.const(GATHER_TABLE, embed.packed)  # last, so that its bytes end the side file (see share_gather_table)
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                                   producer_name="edgeslm", producer_version="1")

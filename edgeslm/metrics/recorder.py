@@ -82,28 +82,27 @@ def _floats(values: np.ndarray) -> list[list[bytes]]:
 
 
 class IsoStamp:
-    """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second."""
+    """Unix seconds -> "2025-01-31T08:00:00.123Z", formatting the date part once per second.
+
+    Called from the event loop (requests) and the sampler's thread (samples): each cache is one tuple,
+    replaced whole, so a thread never pairs one second with another's text."""
 
     _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
     _MILLIS_BYTES = tuple(m.encode() for m in _MILLIS)
 
     def __init__(self) -> None:
-        self._second: int | None = None
-        self._prefix = ""
-        self._millis = -1
-        self._last = ""
-        self._bytes_second: int | None = None
-        self._bytes_prefix = b""
+        self._date: tuple[int, str] = (-1, "")  # (a second, its date part)
+        self._latest: tuple[int, str] = (-1, "")  # (a millisecond, its stamp)
 
     def __call__(self, wall: float) -> str:
         millis = int(wall * 1000)
-        if millis == self._millis:  # requests finish many to a millisecond under load
-            return self._last
+        latest = self._latest
+        if millis == latest[0]:  # requests finish many to a millisecond under load
+            return latest[1]
         second, ms = divmod(millis, 1000)
-        if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._millis, self._last = millis, self._prefix + self._MILLIS[ms]
-        return self._last
+        stamp = self._date_part(second) + self._MILLIS[ms]
+        self._latest = (millis, stamp)
+        return stamp
 
     def columns(self, walls: Sequence[float]) -> tuple[list[bytes], list[bytes]]:
         """The stamps of many times as two columns of bytes: up to the second, and the rest."""
@@ -111,17 +110,18 @@ class IsoStamp:
         seconds, ms = np.divmod(millis, 1000)
         low, high = int(seconds.min()), int(seconds.max())
         if low == high:  # the usual slice: all within one second
-            prefixes = [self._second_bytes(low)] * len(millis)
+            prefixes = [self._date_part(low).encode()] * len(millis)
         else:
-            prefixes = [self._second_bytes(s) for s in seconds.tolist()]
+            prefixes = [self._date_part(s).encode() for s in seconds.tolist()]
         suffixes = self._MILLIS_BYTES
         return prefixes, [suffixes[m] for m in ms.tolist()]
 
-    def _second_bytes(self, second: int) -> bytes:
-        if second != self._bytes_second:
-            self._bytes_second = second
-            self._bytes_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        return self._bytes_prefix
+    def _date_part(self, second: int) -> str:
+        cached, text = self._date
+        if second != cached:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._date = (second, text)
+        return text
 
 
 class Recorder:
@@ -355,7 +355,7 @@ class Recorder:
         if set(map(type, request_id)) == {int}:  # our serial numbers
             id_format, ids = b'"%s-%%d"' % self._id_prefix_bytes, request_id
         else:
-            id_format, ids = b"%s", [self._id_json(rid) for rid in request_id]
+            id_format, ids = b"%s", [orjson.dumps(self._record_id(rid)) for rid in request_id]
         seconds = np.stack([start - np.array(enqueued), end - start, np.array(total_s)])
         queue_ms, run_ms, total_ms = _floats(np.floor(seconds * 1e6 + 0.5) / 1000)
         columns: list[Sequence[Any]] = [
@@ -382,10 +382,9 @@ class Recorder:
         template += b"}\n"
         return [template % values for values in zip(*columns)], energy
 
-    def _id_json(self, request_id: str | int) -> bytes:
-        if request_id.__class__ is str:
-            return orjson.dumps(request_id)
-        return b'"%s-%d"' % (self._id_prefix_bytes, request_id)
+    def _record_id(self, request_id: str | int) -> str:
+        """A client's id as given; our serial number under this process's prefix."""
+        return request_id if request_id.__class__ is str else f"{self._id_prefix}-{request_id}"  # type: ignore[return-value]
 
     def _json_strings(self, values: Sequence[str]) -> list[bytes]:
         cache = self._json_cache
@@ -418,7 +417,7 @@ class Recorder:
     def _request_record(self, entry: FinishedRequest, batch_j: dict[tuple[float, float], float | None]) -> dict:
         (wall, mono, model, task, status, rows, total_s, tokens_in, tokens_out, request_id,
          enqueued, started, ended, batch_rows, more, extra) = entry
-        rid = request_id if request_id.__class__ is str else f"{self._id_prefix}-{request_id}"
+        rid = self._record_id(request_id)
         joules: float | None = None
         # Milliseconds to the microsecond: short in JSON.
         if more is None and batch_rows:  # the usual request, one engine call: its fields in one dict literal
