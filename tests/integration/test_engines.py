@@ -79,6 +79,48 @@ def test_dynamic_tflite_keeps_one_allocation_per_shape(models):
     assert ((1, 4), (1, 4)) in cached and ((3, 7), (3, 7)) in cached
 
 
+def test_tflite_calls_from_many_threads_reach_the_interpreter_on_one(models, monkeypatch):
+    import threading
+
+    engine = models["tflite"].engine
+    seen: set[int] = set()
+    run_dynamic = engine._run_dynamic
+
+    def spy(feeds):
+        seen.add(threading.get_ident())
+        return run_dynamic(feeds)
+
+    monkeypatch.setattr(engine, "_run_dynamic", spy)
+    encoded = models["tflite"].classify.prepare(TEXTS)
+    expected = engine.run(encoded.feeds)["logits"]
+    results: list[np.ndarray] = []
+    callers = [threading.Thread(target=lambda: results.extend(engine.run(encoded.feeds)["logits"] for _ in range(20)))
+               for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(results) == 80 and all(np.array_equal(r, expected) for r in results)
+    assert len(seen) == 1 and threading.get_ident() not in seen
+    # An error raised on the owner thread reaches its caller, and the owner goes on serving.
+    monkeypatch.setattr(engine, "_run_dynamic", lambda feeds: {}[feeds])
+    with pytest.raises(TypeError):
+        engine.run(encoded.feeds)
+    monkeypatch.setattr(engine, "_run_dynamic", run_dynamic)
+    assert np.array_equal(engine.run(encoded.feeds)["logits"], expected)
+
+
+def test_a_closed_owner_thread_refuses_calls():
+    from edgeslm.runtime.tflite import OwnerThread
+
+    owner = OwnerThread("test-owner")
+    assert owner.call(lambda a, b: a + b, 2, 3) == 5
+    assert owner.call(owner.call, len, "abc") == 3  # a call from the owner thread itself runs at once
+    owner.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        owner.call(len, "abc")
+
+
 @pytest.mark.parametrize("name", list(FILES))
 def test_padding_does_not_change_a_row(models, name):
     model = models[name]
