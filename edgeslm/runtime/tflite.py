@@ -115,13 +115,10 @@ class TFLiteEngine(Engine):
         self._spare: Any = None
         self._interpreter: Any = None
         try:
-            self._on_owner(self._load)
+            self._owner.call(self._load)
         except ModelLoadError:
             self._owner.close()
             raise
-
-    def _on_owner(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return self._owner.call(fn, *args)
 
     def _new_interpreter(self) -> Any:
         threads = self.options.threads or None
@@ -186,8 +183,8 @@ class TFLiteEngine(Engine):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.mode == "buckets":
-            return self._on_owner(self._run_bucket, feeds)
-        return self._on_owner(self._run_dynamic, feeds)
+            return self._owner.call(self._run_bucket, feeds)
+        return self._owner.call(self._run_dynamic, feeds)
 
     def _interpreter_for(self, shapes: tuple) -> Any:
         interpreter = self._cache.get(shapes)
@@ -254,7 +251,7 @@ class TFLiteEngine(Engine):
     def close(self) -> None:
         if getattr(self, "_owner", None) is None:
             return
-        self._on_owner(self._release)
+        self._owner.call(self._release)
         self._owner.close()
         self._owner = None  # type: ignore[assignment]
 
