@@ -9,14 +9,16 @@ and the process's peak RSS:
 - llama.cpp: llama-cpp-python on the wheel's own GGUF (n_ctx 512, n_batch 512), driven token by token;
 - edgeslm in-process: the Decoder on model.onnx (prefill, then one decode step per token, argmax in numpy),
   with the daemon's default engine options (spin = "run": onnxruntime workers spin inside a run, as llama.cpp's
-  threads do, and sleep after it);
+  threads do, and sleep after it); then (after its peak RSS is read) decode steps of 1 and 4 rows in alternating
+  slices, whose ratio bounds what 4 concurrent streams can reach on this runtime;
 - edgeslm socket: `edgeslm serve` in a subprocess, /v1/completions streamed over the Unix socket (peak RSS is
   the daemon's); then 4 concurrent streams for the aggregate decode rate, over the whole run (from the first
   token, so the later streams' prefills count against it) and while all four decode.
 - onnxruntime-genai (when .venv-genai exists, see bench/llm_genai_checkpoint.py): its own builder's int8 model,
   built from the GGUF's dequantized weights (the builder cannot read quantized GGUF and the original checkpoint
   cannot be downloaded here); end-of-turn suppressed with min_length; its prefill is timed once.
-KL figures: each runner's logits teacher-forced on edgeslm's
+Resident memory after each loading stage (runtime imported, tokenizer, model loaded and warmed up) shows where
+the peak comes from. KL figures: each runner's logits teacher-forced on edgeslm's
 greedy sequence, against the fp32 numpy reference. The machine may be shared: treat the numbers as provisional.
 """
 
@@ -52,13 +54,23 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def rss_mb() -> float:
+    """The process's resident memory now (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_llama(gguf: Path) -> dict:
     from llama_cpp import Llama
 
+    stages = {"runtime": rss_mb()}
     llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS,
                 verbose=False)
     ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
     llm.eval(ids)  # warm-up (the first eval faults the mapped weights in and sizes its buffers)
+    stages["model"] = rss_mb()
     prefill = []
     for _ in range(PREFILL_REPEATS):
         llm.reset()
@@ -74,7 +86,7 @@ def run_llama(gguf: Path) -> dict:
         out.append(token)
     t2 = time.perf_counter()
     return {"prompt_tokens": len(ids), "prefill_s": statistics.median(prefill), "decode_s": t2 - t1, "tokens": out,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "rss_stages": stages}
 
 
 def run_inprocess(model_dir: Path) -> dict:
@@ -83,11 +95,14 @@ def run_inprocess(model_dir: Path) -> dict:
     from edgeslm.runtime import EngineOptions, open_engine
     from edgeslm.tasks.decoder import Decoder
 
+    stages = {"runtime": rss_mb()}
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    stages["tokenizer"] = rss_mb()
     engine = open_engine(model_dir / "model.onnx", "onnx", EngineOptions(threads=THREADS))
     decoder = Decoder(engine, slots=1, context=CONTEXT)
     ids = np.array(tokenizer.encode(PROMPT).ids, dtype=np.int64)
     decoder.prefill(0, ids, 0)  # warm-up (first-run allocations), as for llama.cpp
+    stages["model"] = rss_mb()
     prefill = []
     for _ in range(PREFILL_REPEATS):  # each rewrites the slot from position 0
         t0 = time.perf_counter()
@@ -103,8 +118,30 @@ def run_inprocess(model_dir: Path) -> dict:
         out.append(token)
         pos += 1
     t2 = time.perf_counter()
+    peak = peak_rss_mb()  # before the step timing below adds a 4-slot cache
     return {"prompt_tokens": len(ids), "prefill_s": statistics.median(prefill), "decode_s": t2 - t1, "tokens": out,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak, "rss_stages": stages, **four_row_steps(engine, ids, token)}
+
+
+def four_row_steps(engine, ids: np.ndarray, token: int, slices: int = 12, steps: int = 8) -> dict:
+    """Decode steps of 1 and of 4 rows on the same engine, in alternating slices; medians in seconds.
+
+    Four streams decoding together can reach at most 4 * step1 / step4 times one stream's rate: the
+    engine's own ceiling for the 4-stream figure, before any serving cost."""
+    from edgeslm.tasks.decoder import Decoder
+
+    decoder = Decoder(engine, slots=4, context=CONTEXT)
+    for slot in range(4):
+        decoder.prefill(slot, ids, 0)
+    times: dict[int, list[float]] = {1: [], 4: []}
+    for i in range(slices):
+        for width in ((1, 4) if i % 2 == 0 else (4, 1)):
+            tokens, positions = np.full(width, token, np.int64), np.full(width, len(ids), np.int32)
+            t0 = time.perf_counter()
+            for k in range(steps):
+                decoder.decode(tokens, positions + k)
+            times[width].append((time.perf_counter() - t0) / steps)
+    return {"step1_s": statistics.median(times[1]), "step4_s": statistics.median(times[4])}
 
 
 def run_genai(model_dir: Path) -> dict:
@@ -299,6 +336,20 @@ def main() -> int:
               f"{socket['agg4'] / socket['decode']:.2f}x one stream (first token to last end, the later prefills "
               f"included); while all 4 decode {socket['steady4']:.1f} tok/s = "
               f"{socket['steady4'] / socket['decode']:.2f}x")
+    inproc = runs["edgeslm in-process"]
+    step1, step4 = (statistics.median(x[k] for x in inproc) for k in ("step1_s", "step4_s"))
+    print(f"edgeslm in-process, the engine alone: a 4-row decode step takes {step4 * 1000:.2f} ms, {step4 / step1:.2f}x"
+          f" a 1-row step ({step1 * 1000:.2f} ms), so 4 streams can decode at most {4 * step1 / step4:.2f}x one "
+          "stream on this runtime")
+    for name in ("llama.cpp", "edgeslm in-process"):
+        if runs.get(name) and "rss_stages" in runs[name][0]:
+            stages = runs[name][0]["rss_stages"]
+            steps, before = [], 0.0
+            for stage in stages:
+                value = statistics.median(x["rss_stages"][stage] for x in runs[name])
+                steps.append(f"{stage} {'+' if before else ''}{value - before:.1f}")
+                before = value
+            print(f"{name} resident MB as it loads: {', '.join(steps)}; peak {rows[name]['rss']:.1f}")
     sequence = runs["edgeslm in-process"][0]["tokens"]
     prompt_len = runs["edgeslm in-process"][0]["prompt_tokens"]
     from tokenizers import Tokenizer
