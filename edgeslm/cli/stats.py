@@ -100,6 +100,10 @@ def render(stats: dict) -> str:
     if len(stats["models"]) != 1:
         rows.append(_request_row("(all)", stats["overall"]))
     lines += [_table(rows), ""]
+    first = [f"{name} p50 {s['first_token_p50_ms']:.1f} ms, p95 {s['first_token_p95_ms']:.1f} ms"
+             for name, s in stats["models"].items() if s.get("first_token_p50_ms") is not None]
+    if first:
+        lines.append("first token (generation; P50 MS above is the whole answer): " + "; ".join(first))
     errors = {k: v for k, v in stats["overall"]["statuses"].items() if k != "ok"}
     if errors:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in errors.items()))

@@ -61,6 +61,7 @@ _HISTOGRAMS = (
     ("edgeslm_queue_wait_seconds", "Time a request waited for its batch to start", LATENCY_BUCKETS_S),
     ("edgeslm_batch_run_seconds", "Engine time of each batch", LATENCY_BUCKETS_S),
     ("edgeslm_batch_size_rows", "Rows per engine call", BATCH_BUCKETS),
+    ("edgeslm_first_token_seconds", "Time from the handler's start to a generation's first token", LATENCY_BUCKETS_S),
 )
 
 
@@ -87,12 +88,14 @@ class PromMetrics:
 
     def observe_many(self, finished: Sequence[FinishedRequest]) -> None:
         values: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name, _, _ in _HISTOGRAMS}
-        latency, queue, run, size = (values[name] for name, _, _ in _HISTOGRAMS)
+        latency, queue, run, size, first_token = (values[name] for name, _, _ in _HISTOGRAMS)
         with self._lock:
             for entry in finished:
                 model = entry[2]
                 self.requests[model, entry[4]] += 1
                 latency[model].append(entry[6])
+                if entry[15] is not None and "first_token_ms" in entry[15]:
+                    first_token[model].append(entry[15]["first_token_ms"] / 1000)
                 for enqueued, started, ended, batch_rows, _ in batches_of(entry):
                     queue[model].append(started - enqueued)
                     # The requests of one batch share its start time: count each batch once.

@@ -39,7 +39,7 @@ class RequestCall:
     """
 
     __slots__ = ("recorder", "model", "task", "rows", "tokens_in", "tokens_out", "request_id", "enqueued", "started",
-                 "ended", "batch_rows", "more", "finished")
+                 "ended", "batch_rows", "more", "extra", "finished")
 
     def __init__(self, recorder: Recorder, model: str, task: str, rows: int, tokens_in: int | None,
                  request_id: str | int):
@@ -51,6 +51,7 @@ class RequestCall:
         self.enqueued = self.started = self.ended = 0.0
         self.batch_rows = 0
         self.more: tuple[Batch, ...] | None = None
+        self.extra: dict[str, Any] | None = None  # more fields for the record (a generation's first_token_ms)
         self.finished = False
 
     def ran(self, completions: Sequence[Completion], chunks: Sequence[Mapping[str, Any]]) -> None:
@@ -201,7 +202,7 @@ class Recorder:
             return
         self._finished.append((self.wall_clock(), now, call.model, call.task, status, call.rows, now - started_at,
                                call.tokens_in, call.tokens_out, call.request_id, call.enqueued, call.started,
-                               call.ended, call.batch_rows, call.more, None))
+                               call.ended, call.batch_rows, call.more, call.extra))
 
     def record(self, model: str, task: str, status: str, *, started_at: float, ended_at: float,
                extra: dict | None = None) -> None:

@@ -38,7 +38,8 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def summarise_requests(requests: list[dict], seconds: float, idle_w: float | None) -> dict:
-    """Counts, error rate and throughput over all requests; latency and energy over the successful ones."""
+    """Counts, error rate and throughput over all requests; latency (and, for generation, the time to the first
+    token) and energy over the successful ones."""
     statuses = Counter(r.get("status", "?") for r in requests)
     nan = float("nan")
     # One row per request: ok, total_ms, rows, batch rows, run_ms, energy_j (NaN where absent).
@@ -55,6 +56,9 @@ def summarise_requests(requests: list[dict], seconds: float, idle_w: float | Non
     if energy_rows and idle_w is not None:
         idle_j = (idle_w * with_energy[:, 4] / 1000 * with_energy[:, 2] / with_energy[:, 3]).sum()
         marginal = (energy - idle_j) / energy_rows
+    first = [r["first_token_ms"] for r in requests
+             if r.get("status") == "ok" and isinstance(r.get("first_token_ms"), int | float)]
+    first_p50, first_p95 = np.percentile(first, [50, 95]) if first else (None, None)
     n, n_ok, rows = len(requests), len(ok), int(ok[:, 2].sum())
     return {
         "requests": n, "ok": n_ok, "errors": n - n_ok,
@@ -64,6 +68,7 @@ def summarise_requests(requests: list[dict], seconds: float, idle_w: float | Non
         "throughput_rps": _round(n / seconds, 3) if seconds > 0 else None,
         "inferences_per_s": _round(rows / seconds, 3) if seconds > 0 else None,
         "p50_ms": _round(p50, 3), "p95_ms": _round(p95, 3), "p99_ms": _round(p99, 3),
+        "first_token_p50_ms": _round(first_p50, 3), "first_token_p95_ms": _round(first_p95, 3),
         "energy_j": _round(energy, 6) if len(with_energy) else None,
         "j_per_inference": _round(j_per, 6),
         "marginal_j_per_inference": _round(marginal, 6),

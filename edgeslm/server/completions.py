@@ -275,14 +275,21 @@ class Completions:
 
 async def _recorded(events: AsyncIterator[GenerationEvent], call: RequestCall, started: float
                     ) -> AsyncIterator[GenerationEvent]:
-    """Pass events through; when the generation ends (or its reader stops), write its request record.
+    """Pass events through; when the generation ends (or its reader stops), write its request record, with the
+    time to the first token (`first_token_ms`) once one came.
 
     Energy: the record's window is the sequence's first to last step, and its `batch_rows` the mean
     number of sequences sharing those steps, so the recorder charges it its share of the window.
     """
     status = "cancelled"
+    first_token = True
     try:
         async for event in events:
+            if first_token and event.completion_tokens:
+                # Time to the first token, from the handler's start to its event reaching the handler (for a
+                # stream, just before it is sent): what a voice assistant waits before it can start speaking.
+                first_token = False
+                call.extra = {"first_token_ms": int((call.recorder.clock() - started) * 1e6 + 0.5) / 1000}
             if event.finish_reason is not None:
                 status = "ok" if event.finish_reason in ("stop", "length") else event.finish_reason
                 call.tokens_out = event.completion_tokens

@@ -130,3 +130,5 @@ def test_generation_requests_are_recorded_with_tokens_and_energy(tmp_path, tiny_
         assert r["task"] == "generate" and r["status"] == "ok" and r["model"] == "tiny"
         assert r["tokens_out"] == 6 and r["tokens_in"] > 0
         assert 0 < r["run_ms"] <= r["total_ms"] and r["batch"] >= 1 and r["energy_j"] >= 0
+        # The first of 6 tokens came before the answer ended, and after the prompt's step began.
+        assert r["total_ms"] - r["run_ms"] < r["first_token_ms"] < r["total_ms"]

@@ -94,6 +94,38 @@ def test_the_one_call_fast_path_writes_what_the_general_path_writes(recorder, tm
     assert got["fast"]["energy_j"] == pytest.approx(5.0) and got["fast"]["queue_ms"] == 1.0
 
 
+def test_a_generation_record_carries_its_first_token_time_and_prometheus_counts_it(recorder, tmp_path, clock):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgeslm.metrics.prom import PromMetrics
+
+    rec, trace = recorder
+    rec.observer = prom = PromMetrics()
+    trace.add(9.0, 5.0)
+    trace.add(13.0, 5.0)
+    clock.now = 12.5
+    plain = rec.open("m", "classify", 1, tokens_in=3, request_id="plain")
+    plain.ran([completion(10.0, 12.0, 2, 2)], [feeds(1)])
+    generation = rec.open("llm", "generate", 1, tokens_in=20, request_id="gen")
+    generation.tokens_out = 8
+    generation.enqueued, generation.started, generation.ended, generation.batch_rows = 10.0, 10.1, 12.0, 1
+    generation.extra = {"first_token_ms": 250.5}
+    for call in (plain, generation):
+        call.finish("ok", 9.9)
+    assert rec.flush() == 2
+    got = {r["id"]: r for r in read_records(tmp_path)}
+    assert "first_token_ms" not in got["plain"]
+    assert list(got["gen"])[-4:] == ["tokens_out", "first_token_ms", "energy_j", "power_source"]
+    assert got["gen"]["first_token_ms"] == 250.5 and got["gen"]["tokens_out"] == 8
+    samples = {(s.name, s.labels.get("model"), s.labels.get("le")): s.value
+               for family in text_string_to_metric_families(prom.exposition().decode()) for s in family.samples}
+    assert samples[("edgeslm_first_token_seconds_count", "llm", None)] == 1
+    assert samples[("edgeslm_first_token_seconds_sum", "llm", None)] == pytest.approx(0.2505)
+    assert samples[("edgeslm_first_token_seconds_bucket", "llm", "0.5")] == 1
+    assert samples[("edgeslm_first_token_seconds_bucket", "llm", "0.2")] == 0
+    assert ("edgeslm_first_token_seconds_count", "m", None) not in samples
+
+
 def test_a_record_waits_for_a_sample_after_its_batch_then_gives_up(recorder, tmp_path, clock):
     rec, trace = recorder
     trace.add(1.0, 2.0)
@@ -267,6 +299,7 @@ def test_the_column_by_column_lines_are_the_record_by_record_lines(tmp_path, clo
     # A slice with a request split into chunks, or with tokens given for only some, goes record by record.
     assert rec._plain_lines(entries[:3] + [entries[3][:14] + (((1.0, 1.1, 1.2, 4, 1),), None)]) is None
     assert rec._plain_lines(entries[:3] + [entries[3][:7] + (None,) + entries[3][8:]]) is None
+    assert rec._plain_lines(entries[:3] + [entries[3][:15] + ({"first_token_ms": 12.5},)]) is None
     rec.close()
 
 

@@ -87,6 +87,34 @@ def test_cli_stats_json_and_table(log_dir, capsys):
     assert "per hour (UTC)" in text and "idle 2.00 W" in text
 
 
+def test_stats_give_generation_its_time_to_first_token(tmp_path, capsys):
+    import orjson
+
+    from edgeslm.metrics.files import JsonlWriter
+
+    from .metrics_log import iso
+
+    start = (time.time() // 3600 - 1) * 3600
+    records = [{"kind": "request", "ts": iso(start + i), "model": "smol", "task": "generate", "status": "ok",
+                "rows": 1, "batch": 1, "run_ms": 900.0, "total_ms": 1000.0, "tokens_out": 30,
+                "first_token_ms": float(10 * (i + 1))} for i in range(20)]  # 10, 20, .. 200 ms
+    records.append({"kind": "request", "ts": iso(start + 30), "model": "smol", "task": "generate",
+                    "status": "cancelled", "rows": 1, "total_ms": 5.0, "first_token_ms": 1.0})  # left out
+    records.append({"kind": "request", "ts": iso(start + 31), "model": "intents", "task": "classify",
+                    "status": "ok", "rows": 1, "batch": 1, "run_ms": 0.1, "total_ms": 0.3})
+    writer = JsonlWriter(tmp_path)
+    writer.write([orjson.dumps(r) for r in records])
+    writer.close()
+    stats = compute_stats(read_records(tmp_path))
+    smol, intents = stats["models"]["smol"], stats["models"]["intents"]
+    assert (smol["first_token_p50_ms"], smol["first_token_p95_ms"]) == (105.0, 190.5)
+    assert smol["p50_ms"] == 1000.0 and intents["first_token_p50_ms"] is None
+    assert main(["stats", "--dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "first token (generation; P50 MS above is the whole answer): smol p50 105.0 ms, p95 190.5 ms" in text
+    assert "intents p50" not in text
+
+
 def test_cli_stats_for_a_model_without_records_says_so_and_names_those_with(log_dir, capsys):
     folder, _ = log_dir
     assert main(["stats", "--dir", str(folder), "--model", "nope"]) == 0
