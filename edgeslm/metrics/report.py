@@ -84,6 +84,13 @@ def draw(stats: dict, records: list[dict]) -> bytes:
             _, p95 = _binned(w, ms, width, start, end, lambda v: np.percentile(v, 95))
             lat.plot(_times(centres), p50, color=color, lw=2, marker="o", ms=3, label=f"{model} p50")
             lat.plot(_times(centres), p95, color=color, lw=1.2, ls="--", label=f"{model} p95")
+            first = [r for r in ok if isinstance(r.get("first_token_ms"), int | float)]
+            if first:  # a generation model: how long before its answers start
+                w = np.array([r["_wall"] for r in first])
+                centres, f50 = _binned(w, np.array([r["first_token_ms"] for r in first]), width, start, end,
+                                       lambda v: np.percentile(v, 50))
+                lat.plot(_times(centres), f50, color=color, lw=1.2, ls=":", marker="^", ms=3,
+                         label=f"{model} first token p50")
         w = np.array([r["_wall"] for r in rs])
         centres, counts = _binned(w, np.ones(len(rs)), width, start, end, np.sum)
         thr.plot(_times(centres), np.nan_to_num(counts) / width, color=color, lw=2, drawstyle="steps-mid",
@@ -163,13 +170,18 @@ def _energy_panel(ax: Any, stats: dict) -> None:
     names = list(models)
     x = np.arange(len(names))
     total = [models[n]["j_per_inference"] * 1000 for n in names]
+    # No idle power in the window (no idle sample yet): no marginal bar, rather than one at zero.
+    known = [models[n]["marginal_j_per_inference"] is not None for n in names]
     marginal = [(models[n]["marginal_j_per_inference"] or 0) * 1000 for n in names]
     ax.bar(x - 0.2, total, 0.4, color="#1f77b4", label="total")
-    ax.bar(x + 0.2, marginal, 0.4, color="#2ca02c", label="marginal (over idle)")
-    for xs, values in ((x - 0.2, total), (x + 0.2, marginal)):
-        for xi, v in zip(xs, values):
-            ax.annotate(f"{v:.2f}", (xi, v), ha="center", va="bottom", fontsize=9, xytext=(0, 2),
-                        textcoords="offset points")
+    if any(known):
+        ax.bar((x + 0.2)[known], np.array(marginal)[known], 0.4, color="#2ca02c", label="marginal (over idle)")
+    for xs, values, shown in ((x - 0.2, total, [True] * len(names)), (x + 0.2, marginal, known)):
+        for xi, v, show in zip(xs, values, shown):
+            ax.annotate(f"{v:.2f}" if show else "marginal: no idle\nsample yet", (xi, v), ha="center",
+                        va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points",
+                        color="black" if show else "gray")
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_xticks(x, names)
     ax.set_ylabel("mJ / inference")
     ax.set_ylim(bottom=min(0, *marginal) * 1.2, top=max(total) * 1.25)

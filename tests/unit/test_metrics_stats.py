@@ -113,6 +113,9 @@ def test_stats_give_generation_its_time_to_first_token(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "first token (generation; P50 MS above is the whole answer): smol p50 105.0 ms, p95 190.5 ms" in text
     assert "intents p50" not in text
+    pytest.importorskip("matplotlib")
+    assert main(["report", "--dir", str(tmp_path), "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_stats_for_a_model_without_records_says_so_and_names_those_with(log_dir, capsys):
