@@ -194,6 +194,9 @@ def _html(stats: dict, png: bytes) -> str:
     cols = [("requests", "requests", ""), ("errors", "error_rate", "%"), ("req/s", "throughput_rps", ".2f"),
             ("p50 ms", "p50_ms", ".2f"), ("p95 ms", "p95_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"),
             ("J/inference", "j_per_inference", ".4f"), ("marginal J", "marginal_j_per_inference", ".4f")]
+    if any(s.get("first_token_p50_ms") is not None for s in stats["models"].values()):  # a generation model
+        cols[6:6] = [("first token p50 ms", "first_token_p50_ms", ".1f"),
+                     ("first token p95 ms", "first_token_p95_ms", ".1f")]
 
     def cell(value: Any, spec: str) -> str:
         if value is None:

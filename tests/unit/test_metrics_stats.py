@@ -116,6 +116,9 @@ def test_stats_give_generation_its_time_to_first_token(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["report", "--dir", str(tmp_path), "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", "--dir", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>first token p50 ms</th>" in page and "<td>105.0</td>" in page and "<td>190.5</td>" in page
 
 
 def test_cli_stats_for_a_model_without_records_says_so_and_names_those_with(log_dir, capsys):
