@@ -91,7 +91,7 @@ def start_daemon(workdir: Path, threads: int, max_delay_ms: float) -> tuple[subp
         f'[[models]]\nname = "{fmt}"\npath = "{path}"\nthreads = {threads}\n'
         f'[models.batching]\nmax_batch = 64\nmax_delay_ms = {max_delay_ms}\nmax_queue = 1024\n'
         for fmt, path in FORMATS.items()
-    ))
+    ) + f'[metrics]\ndir = "{workdir / "metrics"}"\n')  # on, as by default, but not into ./run/metrics
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
     proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config), "--socket", str(sock),
                              "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

@@ -198,7 +198,8 @@ def run_socket(model_dir: Path) -> dict:
         sock = Path(tmp) / "e.sock"
         config = Path(tmp) / "bench.toml"
         config.write_text(f'[server]\nrequest_timeout_s = 300\n[[models]]\nname = "smol"\npath = "{model_dir}"\n'
-                          f"threads = {THREADS}\n[models.generation]\nmax_sequences = 4\ncontext_tokens = {CONTEXT}\n")
+                          f"threads = {THREADS}\n[models.generation]\nmax_sequences = 4\ncontext_tokens = {CONTEXT}\n"
+                          f'[metrics]\ndir = "{Path(tmp) / "metrics"}"\n')  # on, as by default, not in ./run
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
         daemon = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config),
                                    "--socket", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
