@@ -86,9 +86,9 @@ def draw(stats: dict, records: list[dict]) -> bytes:
             lat.plot(_times(centres), p95, color=color, lw=1.2, ls="--", label=f"{model} p95")
             first = [r for r in ok if isinstance(r.get("first_token_ms"), int | float)]
             if first:  # a generation model: how long before its answers start
-                w = np.array([r["_wall"] for r in first])
-                centres, f50 = _binned(w, np.array([r["first_token_ms"] for r in first]), width, start, end,
-                                       lambda v: np.percentile(v, 50))
+                first_walls = np.array([r["_wall"] for r in first])
+                first_ms = np.array([r["first_token_ms"] for r in first])
+                centres, f50 = _binned(first_walls, first_ms, width, start, end, lambda v: np.percentile(v, 50))
                 lat.plot(_times(centres), f50, color=color, lw=1.2, ls=":", marker="^", ms=3,
                          label=f"{model} first token p50")
         w = np.array([r["_wall"] for r in rs])
