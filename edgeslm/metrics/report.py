@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeslm.errors import BadInputError, MissingExtraError
 
-BIN_WIDTHS_S = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+BIN_WIDTHS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
@@ -121,6 +121,8 @@ def draw(stats: dict, records: list[dict]) -> bytes:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8, ncols=4, framealpha=0.8)
+        if span_s < 60:  # ticks on whole seconds: finer ones would all read the same second
+            ax.xaxis.set_major_locator(dates.SecondLocator(interval=max(1, round(span_s / 8)), tz=UTC))
         ax.xaxis.set_major_formatter(dates.DateFormatter(shape, tz=UTC))
     lat.tick_params(labelbottom=False)
     thr.tick_params(labelbottom=False)

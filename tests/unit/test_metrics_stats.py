@@ -121,6 +121,13 @@ def test_stats_give_generation_its_time_to_first_token(tmp_path, capsys):
     assert "<th>first token p50 ms</th>" in page and "<td>105.0</td>" in page and "<td>190.5</td>" in page
 
 
+def test_report_bins_suit_the_window():
+    from edgeslm.metrics.report import _bin_width
+
+    # About 120 bins at most: a short test run still gets points to draw, a week stays readable.
+    assert [_bin_width(s) for s in (5, 100, 600, 7199, 86400, 7 * 86400)] == [1, 1, 5, 60, 900, 7200]
+
+
 def test_cli_stats_for_a_model_without_records_says_so_and_names_those_with(log_dir, capsys):
     folder, _ = log_dir
     assert main(["stats", "--dir", str(folder), "--model", "nope"]) == 0
