@@ -47,19 +47,20 @@ THREADS = 2
 CONTEXT = 512
 
 
-def peak_rss_mb(pid: int | str = "self") -> float:
+def _status_mb(field: str, pid: int | str = "self") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    return _status_mb("VmHWM", pid)
 
 
 def rss_mb() -> float:
     """The process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmRSS")
 
 
 def run_llama(gguf: Path) -> dict:

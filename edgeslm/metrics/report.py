@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeslm.errors import BadInputError, MissingExtraError
+from edgeslm.metrics.stats import has_first_token
 
 BIN_WIDTHS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -84,7 +85,7 @@ def draw(stats: dict, records: list[dict]) -> bytes:
             _, p95 = _binned(w, ms, width, start, end, lambda v: np.percentile(v, 95))
             lat.plot(_times(centres), p50, color=color, lw=2, marker="o", ms=3, label=f"{model} p50")
             lat.plot(_times(centres), p95, color=color, lw=1.2, ls="--", label=f"{model} p95")
-            first = [r for r in ok if isinstance(r.get("first_token_ms"), int | float)]
+            first = [r for r in ok if has_first_token(r)]
             if first:  # a generation model: how long before its answers start
                 first_walls = np.array([r["_wall"] for r in first])
                 first_ms = np.array([r["first_token_ms"] for r in first])

@@ -37,6 +37,11 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), digits)
 
 
+def has_first_token(record: dict) -> bool:
+    """Whether a request record carries a usable time to first token (a generation's)."""
+    return isinstance(record.get("first_token_ms"), int | float)
+
+
 def summarise_requests(requests: list[dict], seconds: float, idle_w: float | None) -> dict:
     """Counts, error rate and throughput over all requests; latency (and, for generation, the time to the first
     token) and energy over the successful ones."""
@@ -56,8 +61,7 @@ def summarise_requests(requests: list[dict], seconds: float, idle_w: float | Non
     if energy_rows and idle_w is not None:
         idle_j = (idle_w * with_energy[:, 4] / 1000 * with_energy[:, 2] / with_energy[:, 3]).sum()
         marginal = (energy - idle_j) / energy_rows
-    first = [r["first_token_ms"] for r in requests
-             if r.get("status") == "ok" and isinstance(r.get("first_token_ms"), int | float)]
+    first = [r["first_token_ms"] for r in requests if r.get("status") == "ok" and has_first_token(r)]
     first_p50, first_p95 = np.percentile(first, [50, 95]) if first else (None, None)
     n, n_ok, rows = len(requests), len(ok), int(ok[:, 2].sum())
     return {

@@ -47,6 +47,7 @@ def shell_commands() -> list[list[str]]:
 
 
 COMMANDS = shell_commands()
+MAKE_TARGETS = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
 
 
 def test_the_readme_has_the_snippets_these_tests_read():
@@ -75,8 +76,7 @@ def test_every_edgeslm_command_parses(words, capsys):
 
 @pytest.mark.parametrize("words", [w for w in COMMANDS if w[0] == "make"], ids=" ".join)
 def test_every_make_target_exists(words):
-    targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
-    assert [w for w in words[1:] if "=" not in w][0] in targets
+    assert [w for w in words[1:] if "=" not in w][0] in MAKE_TARGETS
 
 
 def _url(words: list[str]) -> str:
@@ -97,8 +97,7 @@ def test_commands_named_in_the_text_exist():
     """`make X` and `edgeslm X ...` in the prose name real targets and subcommands."""
     prose = re.sub(r"```.*?```", "", README, flags=re.S)
     spans = [shlex.split(span) for span in re.findall(r"`([^`\n]+)`", prose) if span.startswith(("make ", "edgeslm "))]
-    targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
     subcommands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)  # type: ignore[arg-type]
     assert len(spans) >= 20
     for words in spans:
-        assert words[1] in (targets if words[0] == "make" else subcommands), " ".join(words)
+        assert words[1] in (MAKE_TARGETS if words[0] == "make" else subcommands), " ".join(words)
