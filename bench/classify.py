@@ -1,6 +1,13 @@
-"""Bare engine in-process vs the daemon over its socket, for the bundled intents model (ONNX and TFLite).
+"""Bare engine in-process vs the daemon over its socket, ONNX and TFLite, for two models.
 
-Run: make bench   (or: .venv/bin/python bench/classify.py --seconds 5)
+Run: make bench   (or: .venv/bin/python bench/classify.py --seconds 5 --model intents)
+
+Models (--model, repeatable; both by default):
+- intents: the bundled intent classifier (/v1/classify), ~10-30 us of model a text at batch 64,
+  less than the HTTP server spends on a request: the daemon's own cost dominates.
+- minilm-l6: all-MiniLM-L6-v2 int8 from the model store (/v1/embeddings; `edgeslm pull minilm-l6
+  --store .cache/store` first, or it is skipped with that hint), a model whose compute is most of a
+  request: the batcher's efficiency shows.
 
 Bare = tokenise + engine.run in this process, no HTTP, no batcher: batch 1, then the
 best of several batch sizes. Daemon = `edgeslm serve` in a subprocess, driven by a
@@ -27,6 +34,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +47,41 @@ from edgeslm.config import ModelConfig  # noqa: E402
 from edgeslm.tasks.served import ServedModel  # noqa: E402
 
 INTENTS = ROOT / "models" / "intents"
+STORE = ROOT / ".cache" / "store"  # where `make test-models` pulls minilm-l6
 IDLE_GAP_S = 0.0002  # the "bare batch 1, idle gaps" row: sleep between calls
 MULTI = 16  # texts per request in the "8 x 16 texts" row (its req/s column counts texts)
-FORMATS = {"onnx": INTENTS / "model.onnx", "tflite": INTENTS / "model.tflite"}
 
 
-def phrases() -> list[str]:
+@dataclass(frozen=True)
+class ModelSet:
+    """One model in both formats, the endpoint that serves it and the texts it is driven with."""
+
+    name: str
+    title: str
+    endpoint: str
+    formats: dict[str, Path]
+    texts: list[str]
+
+
+def intents() -> ModelSet:
     data = tomllib.loads((INTENTS / "phrases.toml").read_text())
-    return [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
+    texts = [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
+    return ModelSet("intents", "intents classifier", "/v1/classify",
+                    {"onnx": INTENTS / "model.onnx", "tflite": INTENTS / "model.tflite"}, texts)
+
+
+def minilm(store: Path) -> ModelSet | None:
+    from edgeslm.convert.sentences import SENTENCES
+
+    folder = store / "minilm-l6"
+    formats = {"onnx": folder / "model.onnx", "tflite": folder / "model.tflite"}
+    missing = [str(path) for path in formats.values() if not path.is_file()]
+    if missing:
+        print(f"minilm-l6: not in {store} ({', '.join(missing)} missing), so not measured: run "
+              f"`.venv/bin/edgeslm pull minilm-l6 --store {store}` (or `make test-models`) first",
+              file=sys.stderr)
+        return None
+    return ModelSet("minilm-l6", "all-MiniLM-L6-v2 int8 embeddings", "/v1/embeddings", formats, list(SENTENCES))
 
 
 def _cell(latencies_s: list[float], done: int, elapsed_s: float) -> dict:
@@ -84,13 +119,14 @@ def bare(path: Path, texts: list[str], threads: int, seconds: float) -> dict:
     return results
 
 
-def start_daemon(workdir: Path, threads: int, max_delay_ms: float) -> tuple[subprocess.Popen, Path]:
+def start_daemon(workdir: Path, formats: dict[str, Path], threads: int,
+                 max_delay_ms: float) -> tuple[subprocess.Popen, Path]:
     sock = workdir / "bench.sock"
     config = workdir / "bench.toml"
     config.write_text("".join(
         f'[[models]]\nname = "{fmt}"\npath = "{path}"\nthreads = {threads}\n'
         f'[models.batching]\nmax_batch = 64\nmax_delay_ms = {max_delay_ms}\nmax_queue = 1024\n'
-        for fmt, path in FORMATS.items()
+        for fmt, path in formats.items()
     ) + f'[metrics]\ndir = "{workdir / "metrics"}"\n')  # on, as by default, but not into ./run/metrics
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESLM_")}
     proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "serve", "--config", str(config), "--socket", str(sock),
@@ -125,50 +161,42 @@ def _median_cells(rounds: list[dict]) -> dict:
             for key in rounds[0]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per cell (default 4)")
-    parser.add_argument("--rounds", type=int, default=3, help="bare/daemon alternations; medians are printed")
-    parser.add_argument("--threads", type=int, default=0, help="engine intra-op threads, bare and daemon alike")
-    parser.add_argument("--max-delay-ms", type=float, default=0.0, help="daemon batching delay")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-
-    texts = phrases()
-    report: dict = {"threads": args.threads, "cpus": os.cpu_count(), "rounds": args.rounds, "formats": {}}
-    bare_rounds: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
-    daemon_rounds: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
+def measure(models: ModelSet, args: argparse.Namespace) -> dict:
+    """Alternate bare and daemon measurements of one model set for args.rounds rounds; print its table."""
+    texts, formats = models.texts, models.formats
+    bare_rounds: dict[str, list[dict]] = {fmt: [] for fmt in formats}
+    daemon_rounds: dict[str, list[dict]] = {fmt: [] for fmt in formats}
     floor_rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-") as tmp:
-        proc, sock = start_daemon(Path(tmp), args.threads, args.max_delay_ms)
+        proc, sock = start_daemon(Path(tmp), formats, args.threads, args.max_delay_ms)
         try:
             health = [b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"]
-            requests = {fmt: build_requests("/v1/classify", [json.dumps({"model": fmt, "input": [t]}).encode()
-                                                               for t in texts]) for fmt in FORMATS}
+            requests = {fmt: build_requests(models.endpoint, [json.dumps({"model": fmt, "input": [t]}).encode()
+                                                               for t in texts]) for fmt in formats}
             # The same texts, MULTI to a request: what a client that batches its own texts gets.
-            multi = {fmt: build_requests("/v1/classify", [
+            multi = {fmt: build_requests(models.endpoint, [
                 json.dumps({"model": fmt, "input": [texts[(i + j) % len(texts)] for j in range(MULTI)]}).encode()
-                for i in range(len(texts))]) for fmt in FORMATS}
+                for i in range(len(texts))]) for fmt in formats}
             for r in range(args.rounds):
-                for fmt, path in FORMATS.items():
+                for fmt, path in formats.items():
                     bare_rounds[fmt].append(bare(path, texts, args.threads, args.seconds / 2))
                 floor_rounds.append({n: run_load(str(sock), health, clients=n, seconds=args.seconds / 2)
                                      for n in (1, 32)})
-                for fmt in FORMATS:
+                for fmt in formats:
                     cells = {n: run_load(str(sock), requests[fmt], clients=n, seconds=args.seconds) for n in (1, 8, 32)}
                     texts_load = run_load(str(sock), multi[fmt], clients=8, seconds=args.seconds)
                     cells["8x"] = {**texts_load, "rps": texts_load["rps"] * MULTI}  # texts/s
                     daemon_rounds[fmt].append(cells)
-                print(f"round {r + 1}/{args.rounds}: onnx daemon 32 clients {daemon_rounds['onnx'][-1][32]['rps']:.0f}"
-                      f" req/s, bare best {best_rps(bare_rounds['onnx'][-1]):.0f}",
-                      file=sys.stderr, flush=True)
+                print(f"{models.name} round {r + 1}/{args.rounds}: onnx daemon 32 clients "
+                      f"{daemon_rounds['onnx'][-1][32]['rps']:.0f} req/s, bare best "
+                      f"{best_rps(bare_rounds['onnx'][-1]):.0f}", file=sys.stderr, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
 
     floor = _median_cells(floor_rounds)
     rounds_note = f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
-    print(f"\nintents classifier, {os.cpu_count()} CPUs, threads={args.threads or 'default'}, "
+    print(f"\n{models.title}, {os.cpu_count()} CPUs, threads={args.threads or 'default'}, "
           f"max_delay_ms={args.max_delay_ms}, {args.seconds:g} s per cell{rounds_note}\n")
     header = f"{'format':<7} {'mode':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  ratio"
     print(header)
@@ -176,8 +204,8 @@ def main() -> int:
     for n, d in floor.items():
         print(f"{'http':<7} {f'GET /health {n} clients':<22} {d['rps']:>9.0f} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f}  "
               "(the HTTP floor: no model, no JSON body)")
-    report["health"] = floor
-    for fmt in FORMATS:
+    report: dict = {"health": floor, "formats": {}}
+    for fmt in formats:
         b = _median_cells(bare_rounds[fmt])
         daemon = _median_cells(daemon_rounds[fmt])
         best = best_batch(b)
@@ -206,9 +234,30 @@ def main() -> int:
                   f"{ratio}{f' ({errors:.0f} errors)' if errors else ''}")
         report["formats"][fmt] = {"bare": b, "daemon": daemon, "best_batch": best, "ratios": ratios,
                                   "rounds": {"bare": bare_rounds[fmt], "daemon": daemon_rounds[fmt]}}
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per cell (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="bare/daemon alternations; medians are printed")
+    parser.add_argument("--threads", type=int, default=0, help="engine intra-op threads, bare and daemon alike")
+    parser.add_argument("--max-delay-ms", type=float, default=0.0, help="daemon batching delay")
+    parser.add_argument("--model", action="append", choices=("intents", "minilm-l6"),
+                        help="model to measure (repeatable; default both, minilm-l6 when pulled)")
+    parser.add_argument("--store", type=Path, default=STORE, help=f"model store holding minilm-l6 (default {STORE})")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    chosen = [intents() if name == "intents" else minilm(args.store) for name in args.model or ("intents", "minilm-l6")]
+    sets = [models for models in chosen if models is not None]
+    if not sets:
+        return 1
+    report: dict = {"threads": args.threads, "cpus": os.cpu_count(), "rounds": args.rounds,
+                    "models": {models.name: measure(models, args) for models in sets}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    return 0
+    return 0 if len(sets) == len(chosen) or not args.model else 1
 
 
 if __name__ == "__main__":

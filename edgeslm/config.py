@@ -99,6 +99,14 @@ class BatchingConfig(Settings):
         description="a request that arrives alone while the engine is idle runs at once on the event loop, "
         "skipping two thread wake-ups, if this model's batches take at most this long; 0 disables",
     )
+    call_cost_tokens: float | None = Field(
+        None,
+        ge=0,
+        description="what one engine call costs beyond its tokens, in token slots (rows x positions): texts of "
+        "different lengths share a batch only while padding them costs less than this per call saved; unset: "
+        "measured at load (a big model costs little per call, so it batches texts of like length; a tiny one "
+        "batches nearly everything); 0 batches only equal lengths",
+    )
 
 
 class GenerationConfig(Settings):

@@ -17,6 +17,7 @@ from edgeslm.errors import CancelledError, OverloadedError, ShuttingDownError
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+BatchCost = Callable[[int, int], float]  # (rows, padded length) -> cost of running them, in any one unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +47,14 @@ class Completion:
 class Ticket:
     """A submitted request. `cancel()` drops it if it has not started running."""
 
-    __slots__ = ("feeds", "rows", "key", "on_done", "enqueued_at", "cancelled", "_batcher")
+    __slots__ = ("feeds", "rows", "length", "key", "on_done", "enqueued_at", "cancelled", "_batcher")
 
-    def __init__(self, batcher: DynamicBatcher, feeds: dict[str, np.ndarray], rows: int, key: tuple,
+    def __init__(self, batcher: DynamicBatcher, feeds: dict[str, np.ndarray], rows: int, length: int, key: tuple,
                  on_done: Callable[[Completion], None], enqueued_at: float):
         self._batcher = batcher
         self.feeds = feeds
         self.rows = rows
+        self.length = length  # along the padded axis 1 (0 when nothing pads)
         self.key = key
         self.on_done = on_done
         self.enqueued_at = enqueued_at
@@ -71,7 +73,10 @@ class DynamicBatcher:
     longest row, concatenates along axis 0, calls `run_batch` once and hands each
     request its rows through `on_done`, on the worker thread. If a batch fails,
     its requests are re-run one by one, so one bad request fails alone.
-    Requests only share a batch when their non-padded dims and dtypes agree.
+    Requests only share a batch when their non-padded dims and dtypes agree, and,
+    given `cost` (rows, padded length -> what a run costs), when running them
+    together costs no more than running them apart: padding a short text to a long
+    one is worth it only while the padding is cheaper than a call of its own.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class DynamicBatcher:
         max_delay_s: float = 0.0,
         max_queue: int = 256,
         inline_max_s: float = 0.0,
+        cost: BatchCost | None = None,
         name: str = "model",
     ):
         self._run_batch = run_batch
@@ -93,6 +99,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.inline_max_s = inline_max_s
+        self.cost = cost
         self.name = name
         self._queue: deque[Ticket] = deque()
         self._queued_rows = 0
@@ -117,6 +124,8 @@ class DynamicBatcher:
         """
         feeds = dict(feeds)
         rows = next(iter(feeds.values())).shape[0]
+        length = max((a.shape[1] for name, a in feeds.items() if pad and name in self._pad_values and a.ndim >= 2),
+                     default=0)
         key = (pad, *(
             (name, a.dtype.str, a.shape[2:] if pad and name in self._pad_values else a.shape[1:])
             for name, a in sorted(feeds.items())
@@ -129,7 +138,7 @@ class DynamicBatcher:
                     f"model {self.name!r} has {len(self._queue)} requests queued (max_queue); retry shortly",
                     retry_after_s=self._retry_after_s(),
                 )
-            ticket = Ticket(self, feeds, rows, key, on_done, self._clock())
+            ticket = Ticket(self, feeds, rows, length, key, on_done, self._clock())
             inline = (alone and not self._running and not self._queue and rows <= self.max_batch
                       and self._batch_s <= self.inline_max_s and self.batches_run > 0)
             if inline:
@@ -227,9 +236,15 @@ class DynamicBatcher:
             return []
         first = self._queue.popleft()
         batch, rows, rest = [first], first.rows, deque()
+        cost, length = self.cost, first.length
         while self._queue:
             ticket = self._queue.popleft()
-            if ticket.key == first.key and rows + ticket.rows <= self.max_batch:
+            fits = ticket.key == first.key and rows + ticket.rows <= self.max_batch
+            if fits and cost is not None and ticket.length != length:
+                longest = max(length, ticket.length)
+                fits = cost(rows + ticket.rows, longest) <= cost(rows, length) + cost(ticket.rows, ticket.length)
+                length = longest if fits else length
+            if fits:
                 batch.append(ticket)
                 rows += ticket.rows
             else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,3 +49,56 @@ def split_rows(outputs: dict[str, np.ndarray], counts: Sequence[int]) -> list[di
         pieces.append({name: value[start : start + n] for name, value in outputs.items()})
         start += n
     return pieces
+
+
+def bucket_plan(rows: int, sizes: Sequence[int], call_rows: float = 0.0) -> tuple[int, ...]:
+    """The batch buckets to run `rows` rows in, largest first; their sum covers `rows` (the last may pad).
+
+    `sizes` are the batch sizes a fixed-shape model takes at one sequence length. Each call costs
+    `call_rows` (its fixed cost, in rows of that length) plus its bucket's rows; the plan has the least
+    total cost, then the fewest calls. Rows 20 over (1, 8, 64): (8, 8, 1, 1, 1, 1) at call_rows 0,
+    (8, 8, 8) at call_rows 2, (64,) at call_rows 40."""
+    if rows < 1 or not sizes:
+        raise ValueError("bucket_plan needs at least one row and one bucket size")
+    # best[r]: (cost, calls, first bucket) covering r rows; covering none costs nothing.
+    best: list[tuple[float, int, int]] = [(0.0, 0, 0)]
+    for r in range(1, rows + 1):
+        best.append(min((call_rows + size + best[max(0, r - size)][0], 1 + best[max(0, r - size)][1], size)
+                        for size in sizes))
+    plan, left = [], rows
+    while left > 0:
+        plan.append(best[left][2])
+        left -= best[left][2]
+    return tuple(sorted(plan, reverse=True))
+
+
+def length_groups(lengths: Sequence[int], cost: Callable[[int, int], float], max_rows: int) -> list[np.ndarray]:
+    """One request's rows in groups to run apart: indices into `lengths`, shortest rows first.
+
+    A row joins the group of the rows just shorter than it while running them padded to its length costs no
+    more than running it alone beside them (`cost(rows, padded length)`, as the batcher weighs it), and the
+    group has fewer than `max_rows` rows."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    groups, current, longest = [], [], 0
+    for i in order.tolist():
+        length = int(lengths[i])
+        if current and (len(current) >= max_rows or (length != longest and cost(len(current) + 1, length)
+                                                      > cost(len(current), longest) + cost(1, length))):
+            groups.append(np.array(current))
+            current = []
+        current.append(i)
+        longest = length
+    groups.append(np.array(current))
+    return groups
+
+
+def merge_groups(outputs: Sequence[dict[str, np.ndarray]], rows: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The outputs of a request's groups (or chunks) as one, padding sequence outputs to agree along axis 1;
+    `rows` (the original index of each row, in group order) puts the rows back in the request's order."""
+    if len(outputs) == 1 and rows is None:
+        return outputs[0]
+    merged = {name: pad_stack([out[name] for out in outputs]) for name in outputs[0]}
+    if rows is None:
+        return merged
+    inverse = np.argsort(rows)
+    return {name: value[inverse] for name, value in merged.items()}

@@ -69,7 +69,8 @@ class Engine(abc.ABC):
     (resolved once, never per call), and implement `run`. It may set
     `batch_buckets` / `seq_buckets` when the file only accepts fixed shapes: the
     batcher then never sends more rows than the largest batch bucket, and tasks
-    never send longer sequences than the largest seq bucket. It may override
+    never send longer sequences than the largest seq bucket; such an engine
+    overrides `batch_cost` with the buckets it would run. It may override
     `close` to free native memory, and `describe` to report versions.
 
     `run` is called from one thread at a time (the model's batch worker), takes
@@ -81,10 +82,22 @@ class Engine(abc.ABC):
     outputs: tuple[TensorSpec, ...]
     batch_buckets: tuple[int, ...] | None = None
     seq_buckets: tuple[int, ...] | None = None
+    # A call's fixed cost in token slots (rows x positions), beside the slots it computes; None until the
+    # served model measures it at load (tasks/cost.py). The batcher weighs padding against it.
+    call_tokens: float | None = None
 
     def __init__(self, path: Path, options: EngineOptions):
         self.path = Path(path)
         self.options = options
+
+    def batch_cost(self, rows: int, seq: int) -> float:
+        """What one batch of `rows` token rows padded to `seq` positions costs, in token slots: the fixed
+        cost of each call it takes (`call_tokens`) plus the slots computed."""
+        return (self.call_tokens or 0.0) + rows * seq
+
+    def set_call_tokens(self, call_tokens: float) -> None:
+        """Record the measured fixed cost of a call (engines that plan calls by it override this)."""
+        self.call_tokens = call_tokens
 
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

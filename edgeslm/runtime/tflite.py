@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from edgeslm.core.tensors import bucket_plan
 from edgeslm.errors import BadInputError, ModelLoadError, RuntimeMissingError
 from edgeslm.runtime.base import Engine, EngineOptions, TensorSpec
 
@@ -98,9 +99,9 @@ class TFLiteEngine(Engine):
 
     Dynamic models keep one allocated interpreter per input shape (LRU,
     `max_cached_shapes`), so alternating batch shapes do not reallocate.
-    Fixed-shape models with one signature per bucket (`b8_s16`...) are served by
-    padding each batch to the smallest bucket that fits; the bucket sizes are
-    published as `batch_buckets` / `seq_buckets`.
+    Fixed-shape models with one signature per bucket (`b8_s16`...) run each batch
+    at the shortest seq bucket that fits, split over the batch buckets that cost
+    least (`plan`); the bucket sizes are published as `batch_buckets` / `seq_buckets`.
     """
 
     runtime = "tflite"
@@ -112,6 +113,7 @@ class TFLiteEngine(Engine):
         self._owner = OwnerThread(f"tflite-{Path(path).stem}")
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._buckets: dict[tuple[int, int], Any] = {}
+        self._plans: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
         self._spare: Any = None
         self._interpreter: Any = None
         try:
@@ -210,20 +212,48 @@ class TFLiteEngine(Engine):
         interpreter.invoke()
         return {name: interpreter.get_tensor(index) for name, index in self._output_index.items()}
 
-    def _bucket_for(self, rows: int, seq: int) -> tuple[int, int]:
-        fitting = [(b * s, b, s) for b, s in self._buckets if b >= rows and s >= seq]
-        if not fitting:
-            raise BadInputError(
-                f"a batch of {rows} x {seq} fits no bucket of {self.path.name}; "
-                f"largest batch {max(self.batch_buckets or (0,))}, longest sequence {max(self.seq_buckets or (0,))}"
-            )
-        _, b, s = min(fitting)
-        return b, s
+    def plan(self, rows: int, seq: int) -> tuple[int, tuple[int, ...]]:
+        """(seq bucket, batch buckets) that run `rows` x `seq`: the shortest seq bucket that fits, and the
+        batch buckets at it with the least cost (see bucket_plan; each call costs `call_tokens`)."""
+        plans = self._plans.get((rows, seq))
+        if plans is None:
+            fitting = sorted(s for s in self.seq_buckets or () if s >= seq)
+            sizes = tuple(b for b, s in self._buckets if fitting and s == fitting[0])
+            if not sizes:
+                raise BadInputError(
+                    f"a batch of {rows} x {seq} fits no bucket of {self.path.name}; longest sequence "
+                    f"{max(self.seq_buckets or (0,))}, largest batch {max(self.batch_buckets or (0,))}"
+                )
+            call_rows = (self.call_tokens or 0.0) / fitting[0]
+            plans = self._plans[(rows, seq)] = (fitting[0], bucket_plan(rows, sizes, call_rows))
+        return plans
+
+    def batch_cost(self, rows: int, seq: int) -> float:
+        if self.mode != "buckets":
+            return super().batch_cost(rows, seq)
+        s, sizes = self.plan(rows, seq)
+        return len(sizes) * (self.call_tokens or 0.0) + sum(sizes) * s
+
+    def set_call_tokens(self, call_tokens: float) -> None:
+        super().set_call_tokens(call_tokens)
+        self._plans.clear()  # they were weighed with the old cost
 
     def _run_bucket(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = feeds[self._input_names[0]]
         rows, seq = first.shape[0], (first.shape[1] if first.ndim > 1 else 1)
-        b, s = self._bucket_for(rows, seq)
+        s, sizes = self.plan(rows, seq)
+        if len(sizes) == 1:
+            return self._run_one_bucket(feeds, rows, seq, sizes[0], s)
+        pieces, start = [], 0
+        for b in sizes:
+            stop = min(rows, start + b)
+            part = {name: feeds[name][start:stop] for name in self._input_names}
+            pieces.append(self._run_one_bucket(part, stop - start, seq, b, s))
+            start = stop
+        return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+
+    def _run_one_bucket(self, feeds: Mapping[str, np.ndarray], rows: int, seq: int, b: int,
+                        s: int) -> dict[str, np.ndarray]:
         padded = {}
         for name in self._input_names:
             array = feeds[name]

@@ -77,7 +77,7 @@ class Api:
         encoded = await prepared(sum(map(len, texts)), model.classify.prepare, texts, truncate=body.truncate)
         tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
-                                        task="classify", tokens_in=tokens)
+                                        task="classify", tokens_in=tokens, lengths=encoded.lengths)
         data = model.classify.answer(encoded, outputs, body.top_k)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return json_response({"object": "list", "model": model.name, "data": data, "usage": usage})
@@ -96,7 +96,7 @@ class Api:
         encoded = await prepared(sum(map(len, texts)), model.embed.prepare, texts, truncate=body.truncate)
         tokens = encoded.tokens
         outputs = await self.caller.run(model, encoded.feeds, request, timeout_s=self.server.request_timeout_s,
-                                        task="embed", tokens_in=tokens)
+                                        task="embed", tokens_in=tokens, lengths=encoded.lengths)
         vectors = model.embed.answer(encoded, outputs)
         if body.encoding_format == "base64":
             little = vectors.astype("<f4", copy=False)

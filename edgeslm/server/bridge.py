@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeslm.core.batcher import Completion, Ticket
-from edgeslm.core.tensors import pad_stack
+from edgeslm.core.tensors import merge_groups
 from edgeslm.errors import (
     BadInputError,
     BodyTooLargeError,
@@ -234,8 +234,9 @@ class ModelCaller:
 
     async def run(self, model: ServedModel, feeds: dict[str, np.ndarray], request: Request, *,
                   timeout_s: float, pad: bool = True, task: str = "tensors",
-                  tokens_in: int | None = None) -> dict[str, np.ndarray]:
-        """The request's outputs, in row order; raises the request's own error."""
+                  tokens_in: int | None = None, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The request's outputs, in row order; raises the request's own error. `lengths` (each text's
+        tokens) lets a request of unlike texts run in pieces that pad less (ServedModel.chunks)."""
         loop = asyncio.get_running_loop()
         call = None
         if self.recorder is not None:
@@ -250,7 +251,7 @@ class ModelCaller:
                 # this one, none did: their tasks are made as their bytes are read, before any task runs.
                 await asyncio.sleep(0)
             alone = self.active == 1
-            chunks = model.chunks(feeds)
+            chunks, order = model.chunks(feeds, lengths if pad else None)
             futures: list[asyncio.Future] = []
             tickets: list[Ticket] = []
             try:
@@ -278,11 +279,8 @@ class ModelCaller:
                     raise error
                 raise BadInputError(f"model {model.name!r} could not run this input: {error}",
                                     code="inference_failed") from error
-        outputs = [c.outputs for c in completions]
-        if len(outputs) == 1:
-            return outputs[0]
-        # Chunks may have joined batches padded to different lengths: re-pad sequence outputs to agree.
-        return {k: pad_stack([o[k] for o in outputs]) for k in outputs[0]}
+        # Chunks may have joined batches padded to different lengths: merging re-pads sequence outputs to agree.
+        return merge_groups([c.outputs for c in completions], order)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future, tickets: Sequence[Ticket],
                     request: Request, model: ServedModel, timeout_s: float) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from edgeslm.config import ModelConfig
 from edgeslm.core.batcher import Completion, DynamicBatcher, Ticket
 from edgeslm.core.scores import row_cosine
-from edgeslm.core.tensors import pad_stack
+from edgeslm.core.tensors import length_groups, merge_groups
 from edgeslm.errors import (
     BadInputError,
     DeadlineError,
@@ -27,6 +27,7 @@ from edgeslm.errors import (
 from edgeslm.runtime import Engine, EngineOptions, open_engine
 from edgeslm.tasks.card import ModelCard, load_card, locate_model, sha256_of
 from edgeslm.tasks.classify import ClassifyTask, read_labels
+from edgeslm.tasks.cost import measure_call_tokens
 from edgeslm.tasks.embed import EmbedTask
 from edgeslm.tasks.tensors import TensorTask
 from edgeslm.tasks.text import TextEncoder
@@ -43,6 +44,7 @@ class ServedModel:
         self.classify: ClassifyTask | None = None
         self.embed: EmbedTask | None = None
         self.tensors = TensorTask(engine)
+        self._pad_names: tuple[str, ...] = ()  # token inputs the batcher pads along axis 1
         self.selfcheck: dict[str, Any] | None = None
         self.loaded_at = time.time()
 
@@ -78,9 +80,11 @@ class ServedModel:
                 name=config.name,
             )
             model = cls(config.name, path, card, engine, batcher)
+            model._pad_names = tuple(pad)
             model._build_tasks()
             if config.selfcheck and card.selfcheck is not None:
                 model._run_selfcheck()
+            model._weigh_padding(config.batching.call_cost_tokens)
         except BaseException:
             engine.close()
             raise
@@ -149,23 +153,51 @@ class ServedModel:
                 f"{reason}; this runtime gives wrong answers for this file, try another runtime or file"
             )
 
+    def _weigh_padding(self, call_tokens: float | None) -> None:
+        """Tell the batcher what a call costs in token slots (configured, else measured now), so that it pads
+        a text into a batch only when that is cheaper than a call of its own. Without text inputs, or when the
+        measurement cannot tell, batches pad to their longest row, whatever the lengths."""
+        if call_tokens is None and self.encoder is not None:
+            call_tokens = measure_call_tokens(self.engine, self.encoder)
+        if call_tokens is None:
+            return
+        self.engine.set_call_tokens(call_tokens)
+        self.batcher.cost = self.engine.batch_cost
+
     @property
     def tasks(self) -> list[str]:
         return [t for t, obj in (("classify", self.classify), ("embed", self.embed)) if obj] + ["tensors"]
 
-    def chunks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Split a request's rows into pieces the batcher can take (at most max_batch rows each)."""
+    def chunks(self, feeds: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
+               ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+        """Split a request's rows into pieces the batcher can take (at most max_batch rows each), and the
+        original index of each piece's rows in order (None when the pieces keep the request's order).
+
+        Given the texts' token `lengths`, and once the batcher weighs padding, texts of unlike lengths go in
+        pieces of their own (shortest first, each cut to its longest text), as the batcher would batch them."""
         rows = next(iter(feeds.values())).shape[0]
         step = self.batcher.max_batch
+        cost = self.batcher.cost
+        if lengths is not None and cost is not None and rows > 1 and int(lengths.min()) != int(lengths.max()):
+            # A piece costs an engine call and a trip of its own through the batcher and the event loop (a
+            # future, a completion, a wake-up), about as much again for a small model: charged twice.
+            extra = self.engine.call_tokens or 0.0
+            groups = length_groups(lengths, lambda r, n: cost(r, n) + extra, step)
+            if len(groups) > 1:
+                padded = set(self._pad_names) & set(feeds)
+                pieces = [{name: (value[group, : int(lengths[group].max())] if name in padded else value[group])
+                           for name, value in feeds.items()} for group in groups]
+                return pieces, np.concatenate(groups)
         if rows <= step:
-            return [dict(feeds)]
-        return [{k: v[i : i + step] for k, v in feeds.items()} for i in range(0, rows, step)]
+            return [dict(feeds)], None
+        return [{k: v[i : i + step] for k, v in feeds.items()} for i in range(0, rows, step)], None
 
-    def infer(self, feeds: Mapping[str, np.ndarray], *, timeout_s: float = 30.0,
-              pad: bool = True) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, np.ndarray], *, timeout_s: float = 30.0, pad: bool = True,
+              lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Blocking helper for threads that are not the event loop (CLI tools, voice pipeline)."""
         pieces = []
-        for chunk in self.chunks(feeds):
+        chunks, order = self.chunks(feeds, lengths if pad else None)
+        for chunk in chunks:
             waiter = _Waiter()
             ticket: Ticket = self.batcher.submit(chunk, waiter.done, pad=pad)
             completion = waiter.wait(timeout_s)
@@ -176,7 +208,7 @@ class ServedModel:
                 raise completion.error
             assert completion.outputs is not None
             pieces.append(completion.outputs)
-        return pieces[0] if len(pieces) == 1 else {k: pad_stack([p[k] for p in pieces]) for k in pieces[0]}
+        return merge_groups(pieces, order)
 
     def info(self) -> dict[str, Any]:
         file = self.card.file(self.path)
@@ -186,6 +218,7 @@ class ServedModel:
             "quantization": file.quantization, "file_size_bytes": self.path.stat().st_size,
             "max_seq_len": self.encoder.max_len if self.encoder else None,
             "max_batch": self.batcher.max_batch, "selfcheck": self.selfcheck,
+            "call_cost_tokens": None if self.engine.call_tokens is None else round(self.engine.call_tokens, 1),
             "inputs": [s.describe() for s in self.engine.inputs],
             "outputs": [s.describe() for s in self.engine.outputs],
         }

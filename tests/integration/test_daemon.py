@@ -176,6 +176,25 @@ def test_long_text_is_truncated_and_flagged(daemon):
     assert r.status_code == 200 and r.json()["data"][0]["truncated"] is True
 
 
+@pytest.mark.parametrize("model", ["intents", "intents-tflite", "intents-buckets"])
+def test_a_request_of_unlike_lengths_runs_in_pieces_and_answers_in_its_own_order(daemon, model):
+    # One 32-token text among 3-token ones: where padding them all to 32 costs more than a call of its own (by
+    # the call cost measured at load), the request runs in two pieces; either way the answer keeps its order.
+    texts = ["stop", "turn on the light " * 10, "lights off", "what time is it", "stop", "volume up"]
+    with daemon.client() as client:
+        together = client.post("/v1/classify", json={"model": model, "input": texts, "top_k": 3}).json()["data"]
+        alone = [client.post("/v1/classify", json={"model": model, "input": [t], "top_k": 3}).json()["data"][0]
+                 for t in texts]
+        embedded = client.post("/v1/embeddings", json={"model": model, "input": texts}).json()["data"]
+        one = client.post("/v1/embeddings", json={"model": model, "input": texts[1:2]}).json()["data"][0]
+    assert [d["label"] for d in together] == [d["label"] for d in alone]
+    for a, b in zip(together, alone):
+        assert [x["label"] for x in a["top"]] == [x["label"] for x in b["top"]]
+        assert abs(a["score"] - b["score"]) < 1e-4
+    assert [d["index"] for d in embedded] == list(range(len(texts)))
+    assert max(abs(x - y) for x, y in zip(embedded[1]["embedding"], one["embedding"])) < 1e-4
+
+
 def test_concurrent_clients_all_get_their_own_answer(daemon):
     import concurrent.futures
 

@@ -68,6 +68,59 @@ def test_bucket_engine_reports_buckets_and_pads_inside(models):
         engine.check_feeds({"input_ids": np.zeros((1, 40), ids.dtype), "attention_mask": np.zeros((1, 40), mask.dtype)})
 
 
+def test_bucket_engine_splits_a_batch_over_its_buckets_as_its_call_cost_says(models):
+    engine = models["tflite-buckets"].engine
+    saved = engine.call_tokens
+    encoded = models["tflite-buckets"].encoder.encode([TEXTS[i % len(TEXTS)] for i in range(11)])
+    feeds = {k: v.astype(engine.input(k).dtype) for k, v in encoded.feeds.items()}
+    alone = np.concatenate([engine.run({k: v[i : i + 1] for k, v in feeds.items()})["logits"] for i in range(11)])
+    try:
+        engine.set_call_tokens(0.0)  # calls are free: no padded row
+        assert engine.plan(11, feeds["input_ids"].shape[1]) == (16, (8, 2, 1))
+        assert engine.batch_cost(11, 5) == 11 * 16
+        split = engine.run(feeds)["logits"]
+        engine.set_call_tokens(1000.0)  # calls are dear: one padded call
+        assert engine.plan(11, feeds["input_ids"].shape[1]) == (16, (16,))
+        assert engine.batch_cost(11, 5) == 1000 + 16 * 16
+        assert engine.batch_cost(3, 20) == 1000 + 4 * 32  # the next seq bucket
+        whole = engine.run(feeds)["logits"]
+    finally:
+        engine.set_call_tokens(saved)
+    np.testing.assert_allclose(split, alone, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(whole, alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_call_cost_is_measured_at_load_and_weighs_padding_in_the_batcher(models, name):
+    model = models[name]
+    assert model.engine.call_tokens is not None and model.engine.call_tokens >= 0
+    assert model.info()["call_cost_tokens"] == round(model.engine.call_tokens, 1)
+    assert model.batcher.cost == model.engine.batch_cost
+    # Configured, it is not measured.
+    fixed = ServedModel.load(ModelConfig(name="fixed", path=FILES[name], batching={"call_cost_tokens": 7}))
+    try:
+        assert fixed.engine.call_tokens == 7 and fixed.batcher.cost(2, 3) >= 7 + 6
+    finally:
+        fixed.close()
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_a_request_of_unlike_lengths_is_cut_into_pieces_that_pad_less(name):
+    model = ServedModel.load(ModelConfig(name="pieces", path=FILES[name], batching={"call_cost_tokens": 10}))
+    try:
+        texts = ["stop", "turn on the light " * 10, "lights off", "stop"]
+        encoded = model.encoder.encode(texts)
+        pieces, order = model.chunks(encoded.feeds, encoded.lengths)
+        assert order.tolist() == [0, 3, 2, 1]  # shortest first; the long text alone
+        assert [p["input_ids"].shape for p in pieces] == [(3, int(encoded.lengths[2])), (1, int(encoded.lengths[1]))]
+        together = model.infer(encoded.feeds, lengths=encoded.lengths)["logits"]
+        alone = [model.infer(model.encoder.encode([t]).feeds)["logits"][0] for t in texts]
+        np.testing.assert_allclose(together, np.stack(alone), rtol=1e-4, atol=1e-4)
+        assert model.chunks(encoded.feeds)[1] is None  # without lengths: one piece, as sent
+    finally:
+        model.close()
+
+
 def test_dynamic_tflite_keeps_one_allocation_per_shape(models):
     engine = models["tflite"].engine
     dtype = engine.input("input_ids").dtype

@@ -75,6 +75,58 @@ def test_queued_requests_run_as_one_padded_batch(clock):
         np.testing.assert_array_equal(c.outputs["rowsum"], ids.sum(axis=1))  # pads add nothing
 
 
+def _run_queued(batcher, run, rows_list):
+    """Hold the worker on a first request, queue `rows_list`, release; the shapes of the batches after it."""
+    run.gate.clear()
+    batcher.start()
+    _, _, on_first = collect()
+    batcher.submit({"ids": np.array([[1]])}, on_first)
+    assert run.started.wait(5)
+    done, _, on_done = collect()
+    for ids in rows_list:
+        batcher.submit({"ids": ids}, on_done)
+    run.gate.set()
+    wait_for(len(rows_list), done)
+    batcher.stop()
+    assert all(c.error is None for c in done)
+    return run.shapes[1:]
+
+
+def test_with_a_cost_texts_share_a_batch_only_while_padding_is_cheaper_than_a_call(clock):
+    # A call costs 4 token slots beyond the slots it computes (rows x padded length).
+    run = Recorder()
+    batcher = DynamicBatcher(run, clock=clock, pad_values={"ids": 0}, max_batch=16,
+                             cost=lambda rows, length: 4 + rows * length)
+    short = [np.ones((1, 2), np.int64) for _ in range(3)]
+    long = np.ones((1, 9), np.int64)
+    # Padding a 2-token text to 9 wastes 7 slots, more than its own call (4): the long one runs apart.
+    # The other short ones join at no cost; a 3-token one adds 1 slot per row so far (3) < 4: it joins.
+    shapes = _run_queued(batcher, run, [short[0], long, short[1], short[2], np.ones((1, 3), np.int64)])
+    assert shapes == [(4, 3), (1, 9)]
+
+
+def test_without_a_cost_every_length_shares_the_batch(clock):
+    run = Recorder()
+    batcher = DynamicBatcher(run, clock=clock, pad_values={"ids": 0}, max_batch=16)
+    shapes = _run_queued(batcher, run, [np.ones((1, 2), np.int64), np.ones((1, 9), np.int64)])
+    assert shapes == [(2, 9)]
+
+
+def test_a_cost_never_splits_equal_lengths(clock):
+    run = Recorder()
+    calls = []
+
+    def cost(rows, length):
+        calls.append((rows, length))
+        return rows * length  # no fixed cost: only exact lengths would ever be worth sharing a call
+
+    batcher = DynamicBatcher(run, clock=clock, pad_values={"ids": 0}, max_batch=16, cost=cost)
+    shapes = _run_queued(batcher, run, [np.ones((2, 5), np.int64), np.ones((1, 5), np.int64),
+                                        np.ones((1, 6), np.int64)])
+    assert shapes == [(3, 5), (1, 6)]
+    assert calls == [(4, 6), (3, 5), (1, 6)]  # only the 6-token one was weighed: equal lengths join unasked
+
+
 def test_max_batch_splits_work(clock):
     run = Recorder()
     run.gate.clear()

@@ -6,9 +6,10 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgeslm.core.scores import l2_normalize, mean_pool, row_cosine, softmax, softmax_top_k_row, top_k_indices
-from edgeslm.core.tensors import pad_rows, pad_stack, split_rows
+from edgeslm.core.tensors import bucket_plan, length_groups, merge_groups, pad_rows, pad_stack, split_rows
 
 CORE = Path(__file__).resolve().parents[2] / "edgeslm" / "core"
 ALLOWED = {"numpy", "threading", "collections", "dataclasses", "typing", "math", "logging", "__future__",
@@ -74,6 +75,40 @@ def test_pad_stack_and_split_round_trip():
     parts = split_rows({"x": stacked}, [1, 2])
     assert parts[0]["x"].tolist() == [[1, 2]] and parts[1]["x"].shape == (2, 2)
     assert pad_rows([[5, 6, 7], [8]], 0, np.dtype(np.int64)).tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_bucket_plan_weighs_padded_rows_against_calls():
+    sizes = (1, 8, 64)
+    assert bucket_plan(8, sizes) == (8,) and bucket_plan(1, sizes) == (1,)
+    # Free calls: no padded row at all; dear calls: one big padded call.
+    assert bucket_plan(20, sizes, call_rows=0) == (8, 8, 1, 1, 1, 1)
+    assert bucket_plan(20, sizes, call_rows=2) == (8, 8, 8)
+    assert bucket_plan(20, sizes, call_rows=40) == (64,)
+    for rows in range(1, 130):  # every plan covers its rows, padding fewer than a smallest-fitting bucket would
+        for call_rows in (0, 0.5, 3, 100):
+            plan = bucket_plan(rows, sizes, call_rows)
+            assert sum(plan) >= rows and sum(plan) - plan[-1] < rows
+            assert call_rows * len(plan) + sum(plan) <= call_rows * -(-rows // 64) + 64 * -(-rows // 64)
+    with pytest.raises(ValueError):
+        bucket_plan(0, sizes)
+
+
+def test_length_groups_keep_like_lengths_together_and_merge_puts_rows_back():
+    lengths = [9, 56, 12, 12, 11, 40]
+
+    def cheap_calls(rows, length):
+        return 2 + rows * length
+
+    groups = length_groups(lengths, cheap_calls, max_rows=32)
+    assert [g.tolist() for g in groups] == [[0, 4, 2, 3], [5], [1]]
+    assert [g.tolist() for g in length_groups(lengths, lambda r, n: 1000 + r * n, 32)] == [[0, 4, 2, 3, 5, 1]]
+    assert [len(g) for g in length_groups([3] * 5, cheap_calls, max_rows=2)] == [2, 2, 1]
+    # Each group's outputs padded to its own length; merged, rows are back in request order and padded alike.
+    rows = np.concatenate(groups)
+    outputs = [{"id": np.array(g)[:, None] * np.ones((1, max(lengths[i] for i in g)), int)} for g in groups]
+    merged = merge_groups(outputs, rows)["id"]
+    assert merged.shape == (6, 56) and merged[:, 0].tolist() == list(range(6))
+    assert merge_groups(outputs[:1], None) is outputs[0]
 
 
 def test_row_cosine():
