@@ -3,7 +3,8 @@
 Run: make bench-metrics   (or: .venv/bin/python bench/metrics.py --rounds 5 --seconds 5 --bytes-seconds 60)
 
 overhead: a daemon with [metrics] on (the defaults: records, a 1 Hz power sampler, a 5 s flush)
-and one with metrics off serve the bundled intents model (ONNX). bench/loadgen.py drives each
+and one with metrics off serve the bundled intents model (ONNX), or with --model minilm-l6
+all-MiniLM-L6-v2 int8 from .cache/store (a model whose own compute is most of a request). bench/loadgen.py drives each
 with 32 closed-loop keep-alive clients, one text per request. Every round starts a fresh pair
 (which one starts first alternates) and measures the two in 1 s slices that take turns (ABBA):
 here a daemon's req/s swings by 10-20% from one second to the next, and the slices put the
@@ -42,16 +43,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loadgen import build_requests, run_load  # noqa: E402
 
 INTENTS = ROOT / "models" / "intents"
+MINILM = ROOT / ".cache" / "store" / "minilm-l6"  # where `make test-models` pulls it
+# --model: (folder, endpoint) of the model the overhead is measured on.
+MODELS = {"intents": (INTENTS, "/v1/classify"), "minilm-l6": (MINILM, "/v1/embeddings")}
 
 
-def texts() -> list[str]:
+def texts(model: str = "intents") -> list[str]:
+    if model == "minilm-l6":
+        from edgeslm.convert.sentences import SENTENCES
+
+        return list(SENTENCES)
     data = tomllib.loads((INTENTS / "phrases.toml").read_text())
     return [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
 
 
-def start_daemon(workdir: Path, name: str, metrics: bool) -> tuple[subprocess.Popen, Path, Path]:
+def start_daemon(workdir: Path, name: str, metrics: bool,
+                 model: str = "intents") -> tuple[subprocess.Popen, Path, Path]:
     folder = workdir / f"{name}-metrics"
-    proc, sock = launch_daemon(workdir, name, f'[[models]]\nname = "intents"\npath = "{INTENTS}"\n'
+    proc, sock = launch_daemon(workdir, name, f'[[models]]\nname = "{model}"\npath = "{MODELS[model][0]}"\n'
                                '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
                                f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
     return proc, sock, folder
@@ -87,13 +96,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, control: bool = False,
-             slice_s: float = 1.0) -> dict:
+             slice_s: float = 1.0, model: str = "intents") -> dict:
     """`rounds` fresh on/off pairs (off/off with `control`); per-round ratios of their throughputs.
 
     Within a round each daemon is measured for `seconds` in all, in slices of `slice_s` that take
     turns (on, off, off, on, ...), so the machine's slower and faster moments fall on both alike."""
-    bodies = [json.dumps({"model": "intents", "input": [t]}).encode() for t in texts()]
-    requests = build_requests("/v1/classify", bodies)
+    bodies = [json.dumps({"model": model, "input": [t]}).encode() for t in texts(model)]
+    requests = build_requests(MODELS[model][1], bodies)
     results: dict[str, list[dict]] = {"on": [], "off": []}
     ratios = []
     slices = max(1, round(seconds / slice_s))
@@ -102,7 +111,7 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
         first = ("on", "off") if i % 2 == 0 else ("off", "on")  # starts first, and is measured first
         try:
             for name in first:
-                proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control)
+                proc, sock, _ = start_daemon(workdir, f"{name}-{i}", name == "on" and not control, model)
                 daemons[name] = (proc, sock)
             totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0, "main_s": 0.0} for name in daemons}
             for name in daemons:
@@ -237,16 +246,23 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
     parser.add_argument("--only", choices=["overhead", "bytes"], help="run one of the two measurements")
+    parser.add_argument("--model", choices=list(MODELS), default="intents",
+                        help="model the overhead is measured on (minilm-l6: pulled into .cache/store first, e.g. by "
+                             "make test-models); the bytes measurement always uses intents")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    report: dict = {"cpus": os.cpu_count()}
+    if not (MODELS[args.model][0] / "model.toml").is_file():
+        raise SystemExit(f"{args.model} is not in {MODELS[args.model][0].parent}: run "
+                         f"`.venv/bin/edgeslm pull {args.model} --store {MODELS[args.model][0].parent}` first")
+    report: dict = {"cpus": os.cpu_count(), "model": args.model}
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-metrics-") as tmp:
         if args.only != "bytes":
             passes = [("overhead", False)] + ([("control", True)] if args.control else [])
             for key, control in passes:
                 what = "both metrics off (control)" if control else "metrics on vs off"
-                print(f"{what}, {args.clients} clients, {args.rounds} fresh pairs x {args.seconds:g} s each")
-                o = overhead(Path(tmp), args.rounds, args.seconds, args.clients, control=control)
+                print(f"{what}, {args.model}, {args.clients} clients, {args.rounds} fresh pairs x {args.seconds:g} s "
+                      "each")
+                o = overhead(Path(tmp), args.rounds, args.seconds, args.clients, control=control, model=args.model)
                 report[key] = o
                 print(f"  per-round ratios: geometric mean {o['geomean_ratio']:.3f} +- {o['standard_error']:.3f} (one "
                       f"standard error){'' if control else ' (target >= 0.97)'}; median {o['median_ratio']:.3f}, "
