@@ -83,6 +83,29 @@ def test_served_embeddings_match_fp32(daemon: Daemon, fp32_reference: np.ndarray
     assert cosines.min() >= MIN_COSINE
 
 
+@pytest.mark.parametrize("model", ["minilm-l6", "minilm-tflite"])
+def test_concurrent_clients_of_unlike_lengths_each_get_their_own_vector(daemon: Daemon, fp32_reference: np.ndarray,
+                                                                        model: str):
+    # 16 clients at once, one sentence each (4-56 tokens): the batcher groups them by what padding costs, and the
+    # TFLite file splits its batches over its buckets; every answer must still be its own sentence's vector.
+    import concurrent.futures
+
+    def one(i: int) -> np.ndarray:
+        with daemon.client(timeout_s=120) as client:
+            answer = client.post("/v1/embeddings", json={"model": model, "input": SENTENCES[i]})
+        assert answer.status_code == 200, answer.text
+        return np.array(answer.json()["data"][0]["embedding"], dtype=np.float32)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        vectors = np.stack(list(pool.map(one, range(len(SENTENCES)))))
+    with daemon.client() as client:
+        info = client.get(f"/v1/models/{model}").json()
+    cosines = _cosines(vectors, fp32_reference)
+    print(f"\n[proved] {model}: 50 sentences from 16 concurrent clients (call cost {info['call_cost_tokens']} "
+          f"token slots, measured at load): each answer its own, min cosine vs fp32 {cosines.min():.4f}")
+    assert cosines.min() >= MIN_COSINE and info["call_cost_tokens"] is not None
+
+
 def test_openai_sdk_embeddings_over_the_socket(daemon: Daemon, fp32_reference: np.ndarray):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url="http://localhost/v1", api_key="x",
