@@ -33,34 +33,33 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+from classify import STORE, ModelSet, intents, minilm  # noqa: E402
 from loadgen import build_requests, run_load  # noqa: E402
 
-INTENTS = ROOT / "models" / "intents"
-MINILM = ROOT / ".cache" / "store" / "minilm-l6"  # where `make test-models` pulls it
-# --model: (folder, endpoint) of the model the overhead is measured on.
-MODELS = {"intents": (INTENTS, "/v1/classify"), "minilm-l6": (MINILM, "/v1/embeddings")}
+
+def model_set(model: str) -> ModelSet:
+    """The model (bench/classify.py's sets), or exit saying how to pull it."""
+    found = intents() if model == "intents" else minilm(STORE)
+    if found is None:
+        raise SystemExit(1)
+    return found
 
 
 def texts(model: str = "intents") -> list[str]:
-    if model == "minilm-l6":
-        from edgeslm.convert.sentences import SENTENCES
-
-        return list(SENTENCES)
-    data = tomllib.loads((INTENTS / "phrases.toml").read_text())
-    return [p for intent in data["intents"].values() for p in intent.get("heldout", [])]
+    return model_set(model).texts
 
 
 def start_daemon(workdir: Path, name: str, metrics: bool,
                  model: str = "intents") -> tuple[subprocess.Popen, Path, Path]:
     folder = workdir / f"{name}-metrics"
-    proc, sock = launch_daemon(workdir, name, f'[[models]]\nname = "{model}"\npath = "{MODELS[model][0]}"\n'
+    path = model_set(model).formats["onnx"]
+    proc, sock = launch_daemon(workdir, name, f'[[models]]\nname = "{model}"\npath = "{path}"\n'
                                '[models.batching]\nmax_batch = 64\nmax_queue = 1024\n'
                                f'[metrics]\nenabled = {str(metrics).lower()}\ndir = "{folder}"\n')
     return proc, sock, folder
@@ -102,7 +101,7 @@ def overhead(workdir: Path, rounds: int, seconds: float, clients: int, *, contro
     Within a round each daemon is measured for `seconds` in all, in slices of `slice_s` that take
     turns (on, off, off, on, ...), so the machine's slower and faster moments fall on both alike."""
     bodies = [json.dumps({"model": model, "input": [t]}).encode() for t in texts(model)]
-    requests = build_requests(MODELS[model][1], bodies)
+    requests = build_requests(model_set(model).endpoint, bodies)
     results: dict[str, list[dict]] = {"on": [], "off": []}
     ratios = []
     slices = max(1, round(seconds / slice_s))
@@ -246,14 +245,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bytes-seconds", type=float, default=60.0, help="length of the idle and 10 req/s phases")
     parser.add_argument("--only", choices=["overhead", "bytes"], help="run one of the two measurements")
-    parser.add_argument("--model", choices=list(MODELS), default="intents",
+    parser.add_argument("--model", choices=("intents", "minilm-l6"), default="intents",
                         help="model the overhead is measured on (minilm-l6: pulled into .cache/store first, e.g. by "
                              "make test-models); the bytes measurement always uses intents")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not (MODELS[args.model][0] / "model.toml").is_file():
-        raise SystemExit(f"{args.model} is not in {MODELS[args.model][0].parent}: run "
-                         f"`.venv/bin/edgeslm pull {args.model} --store {MODELS[args.model][0].parent}` first")
+    model_set(args.model)  # exits, saying how to pull it, when it is not there
     report: dict = {"cpus": os.cpu_count(), "model": args.model}
     with tempfile.TemporaryDirectory(prefix="edgeslm-bench-metrics-") as tmp:
         if args.only != "bytes":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeslm.core.tensors import pad_stack, split_rows
+from edgeslm.core.tensors import cheaper_together, pad_stack, split_rows
 from edgeslm.errors import CancelledError, OverloadedError, ShuttingDownError
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,11 @@ class DynamicBatcher:
         self._deliver(ticket, None, CancelledError("request cancelled before it ran"), 0, 0, self._clock(), 0.0)
 
     @property
+    def padded_inputs(self) -> frozenset[str]:
+        """The inputs padded along axis 1 when requests share a batch (token ids, masks)."""
+        return frozenset(self._pad_values)
+
+    @property
     def depth(self) -> int:
         """Requests waiting (not yet running)."""
         return len(self._queue)
@@ -241,9 +246,8 @@ class DynamicBatcher:
             ticket = self._queue.popleft()
             fits = ticket.key == first.key and rows + ticket.rows <= self.max_batch
             if fits and cost is not None and ticket.length != length:
-                longest = max(length, ticket.length)
-                fits = cost(rows + ticket.rows, longest) <= cost(rows, length) + cost(ticket.rows, ticket.length)
-                length = longest if fits else length
+                fits = cheaper_together(cost, rows, length, ticket.rows, ticket.length)
+                length = max(length, ticket.length) if fits else length
             if fits:
                 batch.append(ticket)
                 rows += ticket.rows

@@ -72,18 +72,24 @@ def bucket_plan(rows: int, sizes: Sequence[int], call_rows: float = 0.0) -> tupl
     return tuple(sorted(plan, reverse=True))
 
 
+def cheaper_together(cost: Callable[[int, int], float], rows: int, length: int, more_rows: int,
+                     more_length: int) -> bool:
+    """Whether `more_rows` rows of `more_length` cost no more run with `rows` rows of `length` (all padded to
+    the longer) than run apart, by `cost(rows, padded length)`."""
+    return cost(rows + more_rows, max(length, more_length)) <= cost(rows, length) + cost(more_rows, more_length)
+
+
 def length_groups(lengths: Sequence[int], cost: Callable[[int, int], float], max_rows: int) -> list[np.ndarray]:
     """One request's rows in groups to run apart: indices into `lengths`, shortest rows first.
 
-    A row joins the group of the rows just shorter than it while running them padded to its length costs no
-    more than running it alone beside them (`cost(rows, padded length)`, as the batcher weighs it), and the
-    group has fewer than `max_rows` rows."""
+    A row joins the group of the rows just shorter than it while that is cheaper together (as the batcher
+    weighs it) and the group has fewer than `max_rows` rows."""
     order = np.argsort(np.asarray(lengths), kind="stable")
     groups, current, longest = [], [], 0
     for i in order.tolist():
         length = int(lengths[i])
-        if current and (len(current) >= max_rows or (length != longest and cost(len(current) + 1, length)
-                                                      > cost(len(current), longest) + cost(1, length))):
+        if current and (len(current) >= max_rows or (length != longest and not cheaper_together(
+                cost, len(current), longest, 1, length))):
             groups.append(np.array(current))
             current = []
         current.append(i)

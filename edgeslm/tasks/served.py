@@ -44,7 +44,6 @@ class ServedModel:
         self.classify: ClassifyTask | None = None
         self.embed: EmbedTask | None = None
         self.tensors = TensorTask(engine)
-        self._pad_names: tuple[str, ...] = ()  # token inputs the batcher pads along axis 1
         self.selfcheck: dict[str, Any] | None = None
         self.loaded_at = time.time()
 
@@ -80,7 +79,6 @@ class ServedModel:
                 name=config.name,
             )
             model = cls(config.name, path, card, engine, batcher)
-            model._pad_names = tuple(pad)
             model._build_tasks()
             if config.selfcheck and card.selfcheck is not None:
                 model._run_selfcheck()
@@ -184,7 +182,7 @@ class ServedModel:
             extra = self.engine.call_tokens or 0.0
             groups = length_groups(lengths, lambda r, n: cost(r, n) + extra, step)
             if len(groups) > 1:
-                padded = set(self._pad_names) & set(feeds)
+                padded = self.batcher.padded_inputs
                 pieces = [{name: (value[group, : int(lengths[group].max())] if name in padded else value[group])
                            for name, value in feeds.items()} for group in groups]
                 return pieces, np.concatenate(groups)
